@@ -1,0 +1,135 @@
+"""Argument validation from a task function's signature, with pydantic.
+
+``.delay()`` checks its arguments here before anything is written, and turns
+them into JSON; the worker turns the JSON back into the annotated types.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from typing import Any
+
+from pydantic import ConfigDict, ValidationError, create_model
+from pydantic_core import PydanticSerializationError
+
+from sisy.exceptions import InvalidArguments
+
+__all__ = ["ArgumentSpec"]
+
+_JSON_NATIVE = (str, int, float, bool, type(None))
+
+
+def _check_json_native(value: Any, where: str) -> None:
+    """Refuse un-annotated values that would not come back from JSON unchanged."""
+    if isinstance(value, _JSON_NATIVE):
+        if isinstance(value, float) and value != value or value in (float("inf"), float("-inf")):
+            raise InvalidArguments(f"{where} = {value!r} does not survive JSON.")
+        return
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_json_native(item, f"{where}[{index}]")
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise InvalidArguments(
+                    f"{where} has the key {key!r}; JSON objects only have string keys."
+                )
+            _check_json_native(item, f"{where}[{key!r}]")
+        return
+    raise InvalidArguments(
+        f"{where} = {value!r} ({type(value).__name__}) does not survive JSON; pass plain "
+        "JSON values, or annotate the parameter with a type pydantic can serialise "
+        "(datetime, UUID, Decimal, a pydantic model, ...)."
+    )
+
+
+class ArgumentSpec:
+    """Validates and serialises the arguments of one task function."""
+
+    def __init__(self, func, *, task_name: str, skip_first: bool = False):
+        self.task_name = task_name
+        signature = inspect.signature(func)
+        params = list(signature.parameters.values())
+        if skip_first:
+            params = params[1:]
+        self.signature = signature.replace(parameters=params)
+        self.annotated = {
+            p.name for p in params if p.annotation is not inspect.Parameter.empty
+        }
+        fields = {}
+        for param in params:
+            annotation = Any if param.annotation is inspect.Parameter.empty else param.annotation
+            if param.kind is inspect.Parameter.VAR_POSITIONAL:
+                annotation = tuple[annotation, ...]
+            elif param.kind is inspect.Parameter.VAR_KEYWORD:
+                annotation = dict[str, annotation]
+            fields[param.name] = (annotation, ...)
+        self.model = create_model(
+            f"{func.__name__}_arguments",
+            __config__=ConfigDict(arbitrary_types_allowed=True),
+            **fields,
+        )
+
+    def _bind(self, args, kwargs) -> inspect.BoundArguments:
+        try:
+            return self.signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise InvalidArguments(
+                f"Arguments for task '{self.task_name}' do not match its signature "
+                f"{self.signature}: {exc}."
+            ) from None
+
+    def _validate(self, bound: inspect.BoundArguments):
+        try:
+            return self.model.model_validate(dict(bound.arguments))
+        except ValidationError as exc:
+            details = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']} (got {e['input']!r})"
+                for e in exc.errors()
+            )
+            raise InvalidArguments(
+                f"Arguments for task '{self.task_name}' are invalid: {details}."
+            ) from None
+
+    def dump(self, args: tuple, kwargs: dict) -> tuple[list, dict]:
+        """Validate ``args``/``kwargs`` and return them as JSON-ready ``(list, dict)``.
+
+        Raises :class:`~sisy.exceptions.InvalidArguments` naming the bad value.
+        """
+        bound = self._bind(args, kwargs)
+        for name, value in bound.arguments.items():
+            if name not in self.annotated:
+                _check_json_native(value, f"Argument '{name}' of task '{self.task_name}'")
+        model = self._validate(bound)
+        try:
+            data = model.model_dump(mode="json")
+            json.dumps(data, allow_nan=False)
+        except (PydanticSerializationError, ValueError, TypeError) as exc:
+            raise InvalidArguments(
+                f"Arguments for task '{self.task_name}' do not survive JSON: {exc}."
+            ) from None
+        out_args, out_kwargs = [], {}
+        for param in self.signature.parameters.values():
+            if param.name not in data:
+                continue
+            value = data[param.name]
+            if param.kind is inspect.Parameter.VAR_POSITIONAL:
+                out_args.extend(value)
+            elif param.kind is inspect.Parameter.VAR_KEYWORD:
+                out_kwargs.update(value)
+            elif param.name in bound.kwargs or param.kind is inspect.Parameter.KEYWORD_ONLY:
+                out_kwargs[param.name] = value
+            else:
+                out_args.append(value)
+        return out_args, out_kwargs
+
+    def load(self, args: list, kwargs: dict) -> tuple[tuple, dict]:
+        """Turn stored JSON arguments back into the annotated Python types."""
+        bound = self._bind(args, kwargs)
+        model = self._validate(bound)
+        rebuilt = self.signature.bind_partial()
+        for name in bound.arguments:
+            rebuilt.arguments[name] = getattr(model, name)
+        return rebuilt.args, rebuilt.kwargs

@@ -1,0 +1,13 @@
+"""Signals sent by Sisy's worker.
+
+``run_started(sender=TaskDefinition, run=Run)`` is sent after a worker has
+claimed a run and before it calls the function; ``run_finished(sender,
+run, status)`` after the outcome is stored.
+"""
+
+from django.dispatch import Signal
+
+__all__ = ["run_started", "run_finished"]
+
+run_started = Signal()
+run_finished = Signal()
