@@ -18,6 +18,7 @@ Daylight-saving policy (wall-clock time, each local time fires at most once):
 from __future__ import annotations
 
 import functools
+import re
 from datetime import UTC, datetime, timedelta, tzinfo
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -29,6 +30,10 @@ __all__ = ["validate_schedule", "next_fire", "next_fires", "get_timezone"]
 
 ALIASES = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
 FIELD_NAMES = ("minute", "hour", "day of month", "month", "day of week", "second")
+FIELD_RANGES = ("0-59", "0-23", "1-31", "1-12", "0-7", "0-59")
+#: croniter's random (``R``) and hashed (``H``) expressions: they would fire at
+#: a different moment in every process, so a scheduler cannot use them.
+_RANDOM = re.compile(r"(?:^|[,\-/])[RH](?:$|[(/,\-])", re.IGNORECASE)
 _REFERENCE = datetime(2001, 1, 1)
 
 
@@ -39,12 +44,23 @@ def _describe(task_name: str | None) -> str:
 def _field_reason(fields: list[str]) -> str | None:
     """Name the first field croniter refuses, checking one field at a time."""
     for index, field in enumerate(fields):
+        name = FIELD_NAMES[index]
+        if _RANDOM.search(field):
+            return (
+                f"{name} field '{field}' uses a random or hashed value (R, H), which would "
+                "fire at a different time in every process; write the values out."
+            )
         probe = ["*"] * len(fields)
         probe[index] = field
         try:
             croniter(" ".join(probe), _REFERENCE)
         except Exception as exc:  # croniter raises many types; we re-raise ours
-            return f"{FIELD_NAMES[index]} field '{field}': {exc}"
+            # croniter quotes the whole probe ("[61 * * * *] is not ..."): drop it.
+            reason = re.sub(r"^\[[^\]]*\]\s*", "", str(exc)).rstrip(".")
+            if "out of range" in reason:
+                return f"{name} field '{field}' is out of range {FIELD_RANGES[index]}."
+            joint = " " if reason.startswith("is ") else ": "
+            return f"{name} field '{field}'{joint}{reason}."
     return None
 
 
@@ -61,8 +77,9 @@ def _validated(schedule: str) -> str:
     else:
         fields = text.split(" ") if text else []
         if len(fields) not in (5, 6):
+            count = f"{len(fields)} field" + ("" if len(fields) == 1 else "s")
             raise InvalidSchedule(
-                f"it has {len(fields)} fields; give 5 (minute hour day month weekday) "
+                f"it has {count}; give 5 (minute hour day month weekday) "
                 "or 6 (the same, then seconds)."
             )
         reason = _field_reason(fields)
@@ -102,7 +119,8 @@ def get_timezone(name: str) -> ZoneInfo:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError, TypeError):
         raise InvalidSchedule(
-            f"Timezone '{name}' is not a known IANA timezone name; use e.g. 'Europe/Berlin' or 'UTC'."
+            f"Timezone '{name}' is not a known IANA timezone name; "
+            "use e.g. 'Europe/Berlin' or 'UTC'."
         ) from None
 
 
