@@ -65,7 +65,10 @@ class ArgumentSpec:
                 annotation = tuple[annotation, ...]
             elif param.kind is inspect.Parameter.VAR_KEYWORD:
                 annotation = dict[str, annotation]
-            fields[param.name] = (annotation, ...)
+            default = ... if param.default is inspect.Parameter.empty else param.default
+            if param.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD):
+                default = () if param.kind is inspect.Parameter.VAR_POSITIONAL else {}
+            fields[param.name] = (annotation, default)
         self.model = create_model(
             f"{func.__name__}_arguments",
             __config__=ConfigDict(arbitrary_types_allowed=True),

@@ -1,0 +1,212 @@
+"""Claim a run, call its function, and record the outcome.
+
+A worker must win the queued→running transition (a conditional ``UPDATE``)
+before it calls anything, so a message delivered twice runs once. A run whose
+task does not allow overlap carries ``exclusive=True``; the partial unique
+index ``sisy_run_no_overlap`` lets only one such run of a task be running,
+and a run that loses that race is recorded as ``skipped``.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import traceback
+from datetime import datetime, timedelta
+
+from asgiref.sync import async_to_sync
+from django.db import IntegrityError, close_old_connections, transaction
+from django.utils import timezone
+from pydantic_core import PydanticSerializationError, to_jsonable_python
+
+from sisy import signals
+from sisy.conf import get_settings
+from sisy.context import TaskContext
+from sisy.exceptions import UnknownTask
+from sisy.models import Run, Task
+from sisy.registry import registry
+
+__all__ = ["claim", "claim_next", "execute", "execute_eagerly", "schedule_retry", "finish"]
+
+logger = logging.getLogger(__name__)
+
+Status = Run.Status
+
+
+def _skip_overlap(run_id: int, now: datetime) -> None:
+    Run.objects.filter(pk=run_id, status=Status.QUEUED).update(
+        status=Status.SKIPPED, finished_at=now,
+        error="Skipped: another run of this task was still running (allow_overlap=False).",
+    )
+
+
+def claim(run_id: int, worker: str, *, name: str | None = None,
+          now: datetime | None = None) -> Run | None:
+    """Move run ``run_id`` from queued to running for ``worker``; return it or ``None``.
+
+    ``None`` means somebody else claimed it, it is not queued, not due yet,
+    its task name is not ``name`` (when given), or it was skipped because
+    another run of its task is running.
+    """
+    now = now or timezone.now()
+    runs = Run.objects.filter(pk=run_id, status=Status.QUEUED, not_before__lte=now)
+    if name is not None:
+        runs = runs.filter(task_name=name)
+    try:
+        won = runs.update(
+            status=Status.RUNNING, started_at=now, worker=worker
+        )
+    except IntegrityError:
+        _skip_overlap(run_id, now)
+        return None
+    if not won:
+        return None
+    return Run.objects.select_related("task").get(pk=run_id)
+
+
+def claim_next(channels: list[str], worker: str, *, now: datetime | None = None) -> Run | None:
+    """Claim the oldest due queued run on ``channels`` (the polling path)."""
+    now = now or timezone.now()
+    queued = Run.objects.filter(status=Status.QUEUED, not_before__lte=now, channel__in=channels)
+    for _ in range(5):
+        with transaction.atomic():
+            candidate = (
+                queued.select_for_update(skip_locked=True)
+                .order_by("not_before", "id")
+                .values_list("pk", flat=True)
+                .first()
+            )
+        if candidate is None:
+            return None
+        run = claim(candidate, worker, now=now)
+        if run is not None:
+            return run
+    return None
+
+
+def _error_text(exc: BaseException) -> tuple[str, str]:
+    kind = type(exc)
+    name = f"{kind.__module__}.{kind.__qualname__}" if kind.__module__ != "builtins" else kind.__qualname__
+    text = f"{name}: {exc}\n\n" + "".join(traceback.format_exception(exc))
+    return name, text
+
+
+def _definition_for(run: Run):
+    if run.task_name in registry:
+        return registry.get(run.task_name)
+    raise UnknownTask(
+        f"No task is registered as {run.task_name!r} in this worker; nothing was run. "
+        "Deploy the code that defines it to the workers, or cancel the run."
+    )
+
+
+def _call(definition, run: Run, context: TaskContext | None):
+    args, kwargs = definition.arguments.load(run.args, run.kwargs)
+    if context is not None:
+        args = (context, *args)
+    if definition.is_async:
+        return async_to_sync(definition.func)(*args, **kwargs)
+    return definition.func(*args, **kwargs)
+
+
+def schedule_retry(run: Run, now: datetime, retries: int, backoff: float) -> Run | None:
+    """Queue the next attempt of a failed run if ``retries`` allow; return it.
+
+    The delay is ``backoff * 2 ** (attempt - 1)`` seconds with ±25 % jitter.
+    """
+    if run.attempt > retries:
+        return None
+    delay = backoff * 2 ** (run.attempt - 1) * random.uniform(0.75, 1.25)
+    not_before = now + timedelta(seconds=delay)
+    return Run.objects.create(
+        task=run.task, task_name=run.task_name, args=run.args, kwargs=run.kwargs,
+        channel=run.channel, scheduled_for=run.scheduled_for, not_before=not_before,
+        enqueued_at=now, attempt=run.attempt + 1, retry_of=run, exclusive=run.exclusive,
+    )
+
+
+def _retry_policy(definition, run: Run) -> tuple[int, float]:
+    overrides = get_settings().overrides_for(run.task_name)
+    if run.task is not None:
+        return overrides.get("retries", run.task.retries), overrides.get(
+            "retry_backoff", run.task.retry_backoff)
+    return (overrides.get("retries", definition.retries),
+            overrides.get("retry_backoff", definition.retry_backoff))
+
+
+def finish(run: Run, status: str, *, result=None, error: str = "", error_type: str = "",
+           now: datetime | None = None) -> bool:
+    """Store the outcome of a running run; False if it was no longer ours (lost worker)."""
+    now = now or timezone.now()
+    run.status, run.result, run.error, run.error_type, run.finished_at = (
+        status, result, error, error_type, now)
+    done = Run.objects.filter(pk=run.pk, status=Status.RUNNING, worker=run.worker).update(
+        status=status, result=result, error=error, error_type=error_type, finished_at=now,
+    )
+    if run.task_id is not None:
+        Task.objects.filter(pk=run.task_id).update(running=False)
+    if not done:
+        logger.warning("Run %s was settled by someone else while %s ran it.", run.pk, run.worker)
+    return bool(done)
+
+
+def execute(run: Run, *, manage_connections: bool = True) -> Run:
+    """Call the function of a claimed (running) run and record the outcome.
+
+    Never raises for anything the task does: exceptions, ``sys.exit()``,
+    ``KeyboardInterrupt`` and results that are not JSON become a ``failed``
+    run with the error and traceback. Workers pass ``manage_connections=True``
+    so stale database connections are closed around each run, as Django does
+    around each request.
+    """
+    if manage_connections:
+        close_old_connections()
+    definition = None
+    context = None
+    try:
+        definition = _definition_for(run)
+        if run.task_id is not None:
+            Task.objects.filter(pk=run.task_id).update(running=True)
+        if definition.takes_context:
+            context = TaskContext(definition, run, run.task)
+        signals.run_started.send(sender=definition, run=run)
+        value = _call(definition, run, context)
+        try:
+            result = to_jsonable_python(value)
+        except PydanticSerializationError as exc:
+            raise TypeError(
+                f"Task '{run.task_name}' returned {type(value).__name__}, which cannot be "
+                f"stored as JSON ({exc}). Return plain data (dict, list, str, numbers)."
+            ) from None
+        outcome = {"result": result}
+        status = Status.SUCCEEDED
+    except BaseException as exc:  # noqa: BLE001 - a task must never take the worker down
+        error_type, error = _error_text(exc)
+        outcome = {"error": error, "error_type": error_type}
+        status = Status.FAILED
+        logger.warning("Run %s of %s failed: %s", run.pk, run.task_name, error_type)
+    now = timezone.now()
+    if context is not None:
+        context.flush_progress()
+        context.save_userdata()
+    finish(run, status, now=now, **outcome)
+    if status == Status.FAILED and definition is not None:
+        retries, backoff = _retry_policy(definition, run)
+        retry = schedule_retry(run, now, retries, backoff)
+        if retry is not None:
+            logger.info("Run %s will be retried as run %s at %s", run.pk, retry.pk, retry.not_before)
+    signals.run_finished.send(sender=definition, run=run, status=status)
+    if manage_connections:
+        close_old_connections()
+    return run
+
+
+def execute_eagerly(run: Run) -> Run:
+    """``SISY["EAGER"]``: claim and execute a just-queued run in the calling process."""
+    claimed = claim(run.pk, "eager", now=max(timezone.now(), run.not_before))
+    if claimed is None:
+        run.refresh_from_db()
+        return run
+    execute(claimed, manage_connections=False)
+    run.refresh_from_db()
+    return run

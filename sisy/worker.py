@@ -1,0 +1,221 @@
+"""The Sisy worker: takes one wake-up at a time and runs what it can claim.
+
+Unlike ``channels.worker.Worker`` it never buffers messages (waiting ones
+stay in Redis for other workers), survives malformed messages and receive
+errors, finishes the current run on SIGTERM/SIGINT, and keeps a heartbeat
+row so the scheduler can tell a lost worker from a long run. With the
+in-memory layer (the embedded mode) it is woken in-process and polls the
+database, so runs queued by other processes are found within
+``SISY["POLL_INTERVAL"]`` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import threading
+import uuid
+
+from channels.layers import InMemoryChannelLayer, get_channel_layer
+from django.db import DatabaseError, close_old_connections, connection
+from django.utils import timezone
+
+from sisy import dispatch
+from sisy.conf import get_settings
+from sisy.execution import claim, claim_next, execute
+from sisy.models import Worker as WorkerRow
+
+__all__ = ["Worker", "Heartbeat", "parse_message", "worker_name"]
+
+logger = logging.getLogger(__name__)
+
+MAX_BACKOFF = 5.0
+
+
+def worker_name(prefix: str = "") -> str:
+    """A name unique across hosts and restarts: ``host:pid:random``."""
+    return f"{prefix}{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+def parse_message(message: object) -> tuple[int, str] | None:
+    """Return ``(run id, name)`` of a well-formed run message, else ``None``."""
+    if not isinstance(message, dict) or message.get("type") != dispatch.MESSAGE_TYPE:
+        return None
+    run_id, name = message.get("run"), message.get("name")
+    if not isinstance(run_id, int) or isinstance(run_id, bool) or run_id <= 0:
+        return None
+    if not isinstance(name, str) or not name or len(name) > 200:
+        return None
+    return run_id, name
+
+
+def _short(message: object) -> str:
+    text = repr(message)
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
+class Heartbeat:
+    """A thread that keeps this worker's ``Worker`` row fresh."""
+
+    def __init__(self, name: str, channel: str, interval: float):
+        self.name, self.channel, self.interval = name, channel, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="sisy-heartbeat", daemon=True)
+
+    def _beat(self) -> None:
+        now = timezone.now()
+        updated = WorkerRow.objects.filter(name=self.name).update(last_seen=now)
+        if not updated:
+            WorkerRow.objects.create(
+                name=self.name, hostname=socket.gethostname(), pid=os.getpid(),
+                channel=self.channel, started_at=now, last_seen=now,
+            )
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self._beat()
+            except DatabaseError as exc:
+                logger.warning("Worker %s could not write its heartbeat: %s", self.name, exc)
+                close_old_connections()
+        connection.close()
+
+    def start(self) -> None:
+        self._beat()
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self.interval + 5)
+        try:
+            WorkerRow.objects.filter(name=self.name).update(stopped_at=timezone.now())
+        except DatabaseError:
+            pass
+
+
+class Worker:
+    """Receive wake-ups on ``channels`` and run the runs they name.
+
+    ``run(stop_event)`` blocks until ``stop_event`` is set; the run in
+    progress then finishes before it returns.
+    """
+
+    def __init__(self, channels: list[str] | None = None, *, name: str | None = None,
+                 concurrency: int = 1, layer_alias: str = "default",
+                 poll_interval: float | None = None):
+        conf = get_settings()
+        self.channels = list(channels or [conf.RUN_TASK_CHANNEL])
+        self.name = name or worker_name()
+        self.concurrency = max(1, concurrency)
+        self.layer_alias = layer_alias
+        self.poll_interval = poll_interval or conf.POLL_INTERVAL
+        self.stop_event = threading.Event()
+        self.processed = 0
+
+    # -- one unit of work, run in a thread --------------------------------------
+    def _run_claimed(self, run) -> None:
+        execute(run)
+        self.processed += 1
+
+    def handle_message(self, message: object) -> bool:
+        """Claim and run the run a message names; False if it was refused or lost."""
+        parsed = parse_message(message)
+        if parsed is None:
+            logger.warning("Worker %s refused a malformed message: %s", self.name, _short(message))
+            return False
+        run_id, name = parsed
+        close_old_connections()
+        run = claim(run_id, self.name, name=name)
+        if run is None:
+            logger.debug("Run %s (%s) was not claimable; another worker has it.", run_id, name)
+            return False
+        self._run_claimed(run)
+        return True
+
+    def drain(self) -> int:
+        """Claim and run due queued runs until none is left or we are asked to stop."""
+        done = 0
+        close_old_connections()
+        while not self.stop_event.is_set():
+            run = claim_next(self.channels, self.name)
+            if run is None:
+                break
+            self._run_claimed(run)
+            done += 1
+        return done
+
+    # -- the loops -----------------------------------------------------------------
+    async def _guarded(self, func, *args):
+        """Run ``func`` in a thread; a database outage is logged, not fatal."""
+        try:
+            return await asyncio.to_thread(func, *args)
+        except DatabaseError as exc:
+            logger.warning("Worker %s lost the database (%s); retrying.", self.name, exc)
+            await asyncio.to_thread(close_old_connections)
+            await asyncio.sleep(1.0)
+            return None
+
+    async def _consume_layer(self, layer, channel: str) -> None:
+        backoff = 0.1
+        while not self.stop_event.is_set():
+            try:
+                message = await asyncio.wait_for(layer.receive(channel), self.poll_interval)
+            except TimeoutError:
+                await self._guarded(self.drain)
+                continue
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a bad message or a lost Redis must not kill us
+                logger.warning("Worker %s could not receive on %s: %r; retrying in %.1f s.",
+                               self.name, channel, exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF)
+                continue
+            backoff = 0.1
+            await self._guarded(self.handle_message, message)
+
+    async def _consume_local(self) -> None:
+        seen = dispatch.local_wakeup.generation
+        while not self.stop_event.is_set():
+            await self._guarded(self.drain)
+            seen = await asyncio.to_thread(
+                dispatch.local_wakeup.wait, seen, min(self.poll_interval, 1.0)
+            )
+
+    async def _main(self) -> None:
+        layer = get_channel_layer(self.layer_alias)
+        if layer is None or isinstance(layer, InMemoryChannelLayer):
+            consumers = [self._consume_local() for _ in range(self.concurrency)]
+        else:
+            consumers = [
+                self._consume_layer(layer, channel)
+                for channel in self.channels
+                for _ in range(self.concurrency)
+            ]
+        await asyncio.gather(*consumers)
+
+    def request_stop(self) -> None:
+        self.stop_event.set()
+        dispatch.local_wakeup.notify()
+
+    def run(self, stop_event: threading.Event | None = None) -> None:
+        """Work until ``stop_event`` (or :meth:`request_stop`) says stop."""
+        if stop_event is not None:
+            self.stop_event = stop_event
+        heartbeat = Heartbeat(self.name, ",".join(self.channels), get_settings().WORKER_HEARTBEAT)
+        heartbeat.start()
+        logger.info("Worker %s listening on %s", self.name, ", ".join(self.channels))
+        watcher = threading.Thread(target=self._watch_stop, daemon=True)
+        watcher.start()
+        try:
+            asyncio.run(self._main())
+        finally:
+            heartbeat.stop()
+            close_old_connections()
+            logger.info("Worker %s stopped after %d runs", self.name, self.processed)
+
+    def _watch_stop(self) -> None:
+        self.stop_event.wait()
+        dispatch.local_wakeup.notify()
