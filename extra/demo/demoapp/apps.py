@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class DemoappConfig(AppConfig):
+    name = "demoapp"
+    verbose_name = "Sisy demo"

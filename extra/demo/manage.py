@@ -1,0 +1,11 @@
+#!/usr/bin/env python
+"""The demo's manage.py: run it from anywhere, e.g. python extra/demo/manage.py migrate."""
+
+import os
+import sys
+
+if __name__ == "__main__":
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "demo.settings")
+    from django.core.management import execute_from_command_line
+
+    execute_from_command_line(sys.argv)
