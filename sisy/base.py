@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, get_args, overload
 
 from sisy.conf import CatchUp
-from sisy.exceptions import InvalidTaskDefinition
+from sisy.exceptions import InvalidSchedule, InvalidTaskDefinition
 from sisy.registry import registry
 from sisy.schedules import get_timezone, validate_schedule
 
@@ -136,7 +136,10 @@ def _check_options(name, options: dict[str, Any]) -> None:
             raise InvalidTaskDefinition(
                 f"timezone of task '{name}' must be an IANA name such as 'Europe/Berlin'."
             )
-        get_timezone(options["timezone"])
+        try:
+            get_timezone(options["timezone"])
+        except InvalidSchedule as exc:
+            raise InvalidTaskDefinition(f"timezone of task '{name}': {exc}") from None
     retries = options["retries"]
     if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
         raise InvalidTaskDefinition(
@@ -167,7 +170,7 @@ def _check_options(name, options: dict[str, Any]) -> None:
         raise InvalidTaskDefinition(f"channel of task '{name}' must be a string, not {channel!r}.")
 
 
-def _build(func, *, name, schedule, **options) -> TaskDefinition:
+def _build(func, *, name, schedule, periodic=False, **options) -> TaskDefinition:
     _check_function(func)
     if name is None:
         name = f"{func.__module__}.{func.__qualname__}"
@@ -176,7 +179,7 @@ def _build(func, *, name, schedule, **options) -> TaskDefinition:
             f"The name of task {func.__module__}.{func.__qualname__} must be a non-empty "
             f"string of at most {MAX_NAME_LENGTH} characters, not {name!r}."
         )
-    if schedule is not None:
+    if periodic:  # even None: @sisy.periodic(None) must not become a one-shot task
         schedule = validate_schedule(schedule, task_name=name)
     _check_options(name, options)
     if options["takes_context"] and not inspect.signature(func).parameters:
@@ -235,6 +238,10 @@ def task(
             channel=channel,
         )
 
+    if isinstance(func, str):
+        raise InvalidTaskDefinition(
+            f"@sisy.task takes the task name as a keyword: write @sisy.task(name={func!r})."
+        )
     if func is not None:
         return decorator(func)
     return decorator
@@ -264,13 +271,17 @@ def periodic(
             "@sisy.periodic needs a schedule: write @sisy.periodic(\"*/5 * * * *\"), "
             "not a bare @sisy.periodic."
         )
-    validate_schedule(schedule, task_name=name)
+    if name is not None:
+        # Refuse at once when the message can name the task; otherwise _build() checks
+        # the schedule under the default name, which needs the function.
+        validate_schedule(schedule, task_name=name)
 
     def decorator(f):
         return _build(
             f,
             name=name,
             schedule=schedule,
+            periodic=True,
             enabled=enabled,
             allow_overlap=allow_overlap,
             timezone=timezone,
