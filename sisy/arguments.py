@@ -122,7 +122,7 @@ class ArgumentSpec:
                 out_args.extend(value)
             elif param.kind is inspect.Parameter.VAR_KEYWORD:
                 out_kwargs.update(value)
-            elif param.name in bound.kwargs or param.kind is inspect.Parameter.KEYWORD_ONLY:
+            elif param.name in kwargs or param.kind is inspect.Parameter.KEYWORD_ONLY:
                 out_kwargs[param.name] = value
             else:
                 out_args.append(value)

@@ -9,13 +9,14 @@ and a run that loses that race is recorded as ``skipped``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import traceback
 from datetime import datetime, timedelta
 
 from asgiref.sync import async_to_sync
-from django.db import IntegrityError, close_old_connections, transaction
+from django.db import IntegrityError, close_old_connections, connection, transaction
 from django.utils import timezone
 from pydantic_core import PydanticSerializationError, to_jsonable_python
 
@@ -52,10 +53,12 @@ def claim(run_id: int, worker: str, *, name: str | None = None,
     runs = Run.objects.filter(pk=run_id, status=Status.QUEUED, not_before__lte=now)
     if name is not None:
         runs = runs.filter(task_name=name)
+    # Inside a caller's transaction, a savepoint keeps a lost overlap race recoverable;
+    # in autocommit (a worker) the single UPDATE is atomic by itself.
+    guard = transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext()
     try:
-        won = runs.update(
-            status=Status.RUNNING, started_at=now, worker=worker
-        )
+        with guard:
+            won = runs.update(status=Status.RUNNING, started_at=now, worker=worker)
     except IntegrityError:
         _skip_overlap(run_id, now)
         return None

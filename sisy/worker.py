@@ -104,8 +104,11 @@ class Worker:
 
     def __init__(self, channels: list[str] | None = None, *, name: str | None = None,
                  concurrency: int = 1, layer_alias: str = "default",
-                 poll_interval: float | None = None):
+                 poll_interval: float | None = None, manage_connections: bool = True):
         conf = get_settings()
+        #: Close stale database connections around each run, as Django does per request.
+        #: Tests that run a worker inside a test transaction pass False.
+        self.manage_connections = manage_connections
         self.channels = list(channels or [conf.RUN_TASK_CHANNEL])
         self.name = name or worker_name()
         self.concurrency = max(1, concurrency)
@@ -116,8 +119,12 @@ class Worker:
 
     # -- one unit of work, run in a thread --------------------------------------
     def _run_claimed(self, run) -> None:
-        execute(run)
+        execute(run, manage_connections=self.manage_connections)
         self.processed += 1
+
+    def _close_old_connections(self) -> None:
+        if self.manage_connections:
+            close_old_connections()
 
     def handle_message(self, message: object) -> bool:
         """Claim and run the run a message names; False if it was refused or lost."""
@@ -126,7 +133,7 @@ class Worker:
             logger.warning("Worker %s refused a malformed message: %s", self.name, _short(message))
             return False
         run_id, name = parsed
-        close_old_connections()
+        self._close_old_connections()
         run = claim(run_id, self.name, name=name)
         if run is None:
             logger.debug("Run %s (%s) was not claimable; another worker has it.", run_id, name)
@@ -137,7 +144,7 @@ class Worker:
     def drain(self) -> int:
         """Claim and run due queued runs until none is left or we are asked to stop."""
         done = 0
-        close_old_connections()
+        self._close_old_connections()
         while not self.stop_event.is_set():
             run = claim_next(self.channels, self.name)
             if run is None:

@@ -6,3 +6,11 @@ class Gadget(models.Model):
 
     name = models.CharField(max_length=50)
     counter = models.IntegerField(default=0)
+
+
+class Mark(models.Model):
+    """Written by fixture task bodies, so tests can count executions across processes."""
+
+    token = models.CharField(max_length=100, db_index=True)
+    pid = models.IntegerField(default=0)
+    at = models.DateTimeField(auto_now_add=True)

@@ -45,3 +45,62 @@ def typed(when: datetime.datetime, ident: uuid.UUID, amount: decimal.Decimal) ->
 @sisy.task(name="testapp.fail")
 def fail(message: str = "boom"):
     raise ValueError(message)
+
+
+# -- execution fixtures (worker tests) ------------------------------------------------------
+
+@sisy.task(name="exec.mark")
+def mark(token: str, sleep: float = 0.0) -> int:
+    """Record one execution of ``token`` (optionally after sleeping) and return the pid."""
+    import os
+    import time
+
+    from tests.testapp.models import Mark
+
+    if sleep:
+        time.sleep(sleep)
+    Mark.objects.create(token=token, pid=os.getpid())
+    return os.getpid()
+
+
+@sisy.task(name="exec.progress", takes_context=True)
+def with_progress(context, steps: int = 5):
+    for done in range(1, steps + 1):
+        context.progress(done, steps, f"step {done}")
+    context.userdata["seen"] = context.userdata.get("seen", 0) + 1
+    return {"attempt": context.attempt, "run": context.run.pk if context.run else None}
+
+
+@sisy.task(name="exec.async")
+async def async_add(a: int, b: int) -> int:
+    import asyncio
+
+    await asyncio.sleep(0)
+    return a + b
+
+
+@sisy.task(name="exec.exit")
+def calls_exit():
+    import sys
+
+    sys.exit(3)
+
+
+@sisy.task(name="exec.interrupt")
+def raises_interrupt():
+    raise KeyboardInterrupt("from a task")
+
+
+@sisy.task(name="exec.not_json")
+def returns_object():
+    return object()
+
+
+@sisy.task(name="exec.flaky", retries=2, retry_backoff=0.0)
+def flaky(token: str):
+    from tests.testapp.models import Mark
+
+    Mark.objects.create(token=token)
+    if Mark.objects.filter(token=token).count() < 3:
+        raise RuntimeError(f"attempt {Mark.objects.filter(token=token).count()} fails")
+    return "third time lucky"

@@ -1,0 +1,341 @@
+"""`.delay()`, the Run ledger, claiming and executing — in-process, both configurations.
+
+Given a registered task, when it is delayed and a worker drains the queue,
+expect exactly the recorded outcome.
+"""
+
+import datetime
+import decimal
+import uuid
+from datetime import timedelta
+
+import pytest
+from django.db import transaction
+from django.utils import timezone
+
+import sisy
+from sisy import signals
+from sisy.exceptions import InvalidArguments, RunCancelled, RunFailed, RunTimeout
+from sisy.execution import claim, claim_next, execute
+from sisy.models import Run, Task
+from sisy.worker import Worker
+from tests.testapp import tasks
+from tests.testapp.models import Mark
+
+pytestmark = pytest.mark.django_db
+
+
+def drain(channels=("sisy.run_task",)):
+    return Worker(list(channels), name="test-worker", manage_connections=False).drain()
+
+
+# -- .delay() -----------------------------------------------------------------------------
+
+def test_delay_writes_a_queued_run_with_json_arguments():
+    run = tasks.add.delay(2, b=3)
+    run.refresh_from_db()
+    assert (run.status, run.task_name, run.args, run.kwargs) == (
+        "queued", "tests.testapp.tasks.add", [2], {"b": 3})
+    assert run.channel == "sisy.run_task"
+    assert run.scheduled_for == run.not_before == run.enqueued_at
+    assert run.task is None and run.attempt == 1
+
+
+def test_plain_call_still_runs_inline():
+    assert tasks.add(2, 3) == 5
+    assert Run.objects.count() == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "message"),
+    [
+        (("x",), {}, r"a: Input should be a valid integer.*\(got 'x'\)"),
+        ((), {}, r"missing a required argument: 'a'"),
+        ((1, 2, 3), {}, r"too many positional arguments"),
+        ((1,), {"c": 2}, r"got an unexpected keyword argument 'c'"),
+    ],
+)
+def test_delay_refuses_bad_arguments_and_writes_nothing(args, kwargs, message):
+    with pytest.raises(InvalidArguments, match=message):
+        tasks.add.delay(*args, **kwargs)
+    assert Run.objects.count() == 0
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (object(), r"\(object\) does not survive JSON"),
+        ({1: "a"}, r"has the key 1; JSON objects only have string keys"),
+        (float("nan"), r"= nan does not survive JSON"),
+        ({1, 2}, r"\(set\) does not survive JSON"),
+    ],
+)
+def test_delay_refuses_values_that_do_not_survive_json(value, message):
+    with pytest.raises(InvalidArguments, match=message):
+        tasks.echo.delay(value)
+    assert Run.objects.count() == 0
+
+
+def test_typed_arguments_arrive_as_their_types():
+    when = timezone.now()
+    run = tasks.typed.delay(when, uuid.uuid4(), decimal.Decimal("1.50"))
+    assert drain() == 1
+    assert run.wait(timeout=1) == ["datetime", "UUID", "Decimal", "1.50"]
+
+
+def test_using_run_after_defers_the_run():
+    before = timezone.now()
+    run = tasks.add.using(run_after=timedelta(minutes=5)).delay(1)
+    assert run.not_before >= before + timedelta(minutes=5)
+    assert drain() == 0
+    assert claim_next(["sisy.run_task"], "w", now=run.not_before) is not None
+
+
+def test_using_refuses_bad_run_after():
+    with pytest.raises(sisy.InvalidTaskDefinition, match="must be a datetime or a timedelta, not int"):
+        tasks.add.using(run_after=5)
+    with pytest.raises(sisy.InvalidTaskDefinition, match="must be timezone-aware"):
+        tasks.add.using(run_after=datetime.datetime(2030, 1, 1))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_wake_up_waits_for_the_transaction_to_commit(monkeypatch):
+    woken = []
+    monkeypatch.setattr("sisy.dispatch.wake", woken.append)
+    with transaction.atomic():
+        run = tasks.add.delay(1)
+        assert woken == []
+    assert woken == [run]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_rolled_back_delay_leaves_no_run_and_sends_nothing(monkeypatch):
+    woken = []
+    monkeypatch.setattr("sisy.dispatch.wake", woken.append)
+    with pytest.raises(RuntimeError), transaction.atomic():
+        tasks.add.delay(1)
+        raise RuntimeError
+    assert (Run.objects.count(), woken) == (0, [])
+
+
+# -- claiming -------------------------------------------------------------------------------
+
+def test_a_run_is_claimed_once():
+    run = tasks.add.delay(1)
+    first = claim(run.pk, "w1", name=run.task_name)
+    assert first is not None and first.status == "running" and first.worker == "w1"
+    assert claim(run.pk, "w2", name=run.task_name) is None
+
+
+def test_claim_refuses_a_message_whose_name_does_not_match():
+    run = tasks.add.delay(1)
+    assert claim(run.pk, "w", name="os.system") is None
+    run.refresh_from_db()
+    assert run.status == "queued"
+
+
+def test_exclusive_runs_of_one_task_never_run_together():
+    task = Task.objects.create(name="solo", schedule="* * * * *", allow_overlap=False)
+    now = timezone.now()
+    a, b = (Run.objects.create(task=task, task_name="exec.mark", args=["x"], channel="c",
+                               scheduled_for=now + timedelta(seconds=i), not_before=now,
+                               exclusive=True) for i in range(2))
+    assert claim(a.pk, "w1") is not None
+    assert claim(b.pk, "w2") is None
+    b.refresh_from_db()
+    assert b.status == "skipped"
+    assert b.error == "Skipped: another run of this task was still running (allow_overlap=False)."
+
+
+# -- executing ------------------------------------------------------------------------------
+
+def test_success_records_result_timing_and_worker():
+    run = tasks.add.delay(2, 3)
+    drain()
+    run.refresh_from_db()
+    assert (run.status, run.result, run.worker, run.error) == ("succeeded", 5, "test-worker", "")
+    assert run.enqueued_at <= run.started_at <= run.finished_at
+    assert run.wait(timeout=0) == 5
+
+
+def test_failure_records_type_message_and_traceback():
+    run = tasks.fail.delay("bad input")
+    drain()
+    run.refresh_from_db()
+    assert (run.status, run.error_type) == ("failed", "ValueError")
+    assert run.error.startswith("ValueError: bad input\n\nTraceback (most recent call last):")
+    assert 'raise ValueError(message)' in run.error
+    with pytest.raises(RunFailed, match=r"Run \d+ of task 'testapp.fail' failed: ValueError: bad input") as info:
+        run.wait(timeout=0)
+    assert info.value.error_type == "ValueError"
+    assert "raise ValueError(message)" in info.value.remote_traceback
+
+
+@pytest.mark.parametrize(
+    ("task", "error_start"),
+    [
+        (tasks.calls_exit, "SystemExit: 3"),
+        (tasks.raises_interrupt, "KeyboardInterrupt: from a task"),
+        (tasks.returns_object, "TypeError: Task 'exec.not_json' returned object, which cannot be stored as JSON"),
+    ],
+)
+def test_hostile_task_bodies_fail_the_run_not_the_worker(task, error_start):
+    run = task.delay()
+    worker = Worker(["sisy.run_task"], name="w", manage_connections=False)
+    assert worker.drain() == 1
+    run.refresh_from_db()
+    assert run.status == "failed"
+    assert run.error.startswith(error_start)
+    follow_up = tasks.add.delay(1, 1)
+    assert worker.drain() == 1
+    assert follow_up.wait(timeout=0) == 2
+
+
+def test_async_task_functions_run():
+    run = tasks.async_add.delay(2, 5)
+    drain()
+    assert run.wait(timeout=0) == 7
+
+
+def test_context_progress_and_userdata():
+    row = Task.objects.create(name="with-progress", schedule="* * * * *", userdata={"seen": 1})
+    now = timezone.now()
+    run = Run.objects.create(task=row, task_name="exec.progress", kwargs={"steps": 4},
+                             channel="sisy.run_task", scheduled_for=now, not_before=now)
+    drain()
+    run.refresh_from_db()
+    assert run.result == {"attempt": 1, "run": run.pk}
+    assert (run.progress_done, run.progress_total, run.progress_note) == (4, 4, "step 4")
+    row.refresh_from_db()
+    assert row.userdata == {"seen": 2}
+    assert row.running is False
+
+
+def test_inline_call_with_context_gets_an_inline_context():
+    assert tasks.with_progress(steps=2) == {"attempt": 1, "run": None}
+
+
+def test_retries_are_new_visible_attempts():
+    first = tasks.flaky.delay("flaky-1")
+    later = timezone.now() + timedelta(seconds=10)  # past every backoff
+    executed = 0
+    while (run := claim_next(["sisy.run_task"], "w", now=later)) is not None:
+        execute(run, manage_connections=False)
+        executed += 1
+    attempts = list(Run.objects.filter(task_name="exec.flaky").order_by("attempt"))
+    assert executed == 3
+    assert [(r.attempt, r.status) for r in attempts] == [
+        (1, "failed"), (2, "failed"), (3, "succeeded")]
+    assert [r.retry_of_id for r in attempts] == [None, first.pk, attempts[1].pk]
+    assert attempts[1].not_before > attempts[0].finished_at
+    assert attempts[2].result == "third time lucky"
+    assert Mark.objects.filter(token="flaky-1").count() == 3
+
+
+def test_unknown_task_name_fails_without_running_anything():
+    now = timezone.now()
+    run = Run.objects.create(task_name="os.system", args=["echo pwned"], channel="sisy.run_task",
+                             scheduled_for=now, not_before=now)
+    drain()
+    run.refresh_from_db()
+    assert run.status == "failed"
+    assert run.error.startswith(
+        "sisy.exceptions.UnknownTask: No task is registered as 'os.system' in this worker; "
+        "nothing was run.")
+
+
+def test_signals_are_sent_around_the_run():
+    seen = []
+
+    def started(sender, run, **kwargs):
+        seen.append(("started", sender.name, run.status))
+
+    def finished(sender, run, status, **kwargs):
+        seen.append(("finished", sender.name, status))
+
+    signals.run_started.connect(started)
+    signals.run_finished.connect(finished)
+    try:
+        tasks.add.delay(1)
+        drain()
+    finally:
+        signals.run_started.disconnect(started)
+        signals.run_finished.disconnect(finished)
+    assert seen == [("started", "tests.testapp.tasks.add", "running"),
+                    ("finished", "tests.testapp.tasks.add", "succeeded")]
+
+
+# -- wait() ---------------------------------------------------------------------------------
+
+def test_wait_times_out_with_a_timeout_error():
+    run = tasks.add.delay(1)
+    with pytest.raises(TimeoutError, match=r"is still queued after 0.05 s"):
+        run.wait(timeout=0.05)
+    with pytest.raises(RunTimeout):
+        run.wait(timeout=0)
+
+
+def test_wait_on_a_cancelled_run_raises():
+    run = tasks.add.delay(1)
+    Run.objects.filter(pk=run.pk).update(status="cancelled", error="cancelled by an operator")
+    with pytest.raises(RunCancelled, match="was cancelled: cancelled by an operator"):
+        run.wait(timeout=0)
+
+
+# -- malformed messages ---------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        None, "sisy.run", 42, [], {}, {"run": 1, "name": "x"},
+        {"type": "other", "run": 1, "name": "x"},
+        {"type": "sisy.run", "run": "1", "name": "tests.testapp.tasks.add"},
+        {"type": "sisy.run", "run": True, "name": "tests.testapp.tasks.add"},
+        {"type": "sisy.run", "run": -5, "name": "tests.testapp.tasks.add"},
+        {"type": "sisy.run", "run": 1, "name": 7},
+        {"type": "sisy.run", "run": 1, "name": "x" * 5000},
+        {1: "int key", "type": "sisy.run"},
+    ],
+)
+def test_malformed_messages_are_refused_and_change_nothing(message, caplog):
+    run = tasks.add.delay(1)
+    assert Worker(name="w", manage_connections=False).handle_message(message) is False
+    run.refresh_from_db()
+    assert run.status == "queued"
+    assert "refused a malformed message" in caplog.text
+
+
+def test_message_for_a_finished_run_does_not_run_it_again():
+    run = tasks.mark.delay("once")
+    worker = Worker(name="w", manage_connections=False)
+    message = {"type": "sisy.run", "run": run.pk, "name": "exec.mark"}
+    assert worker.handle_message(message) is True
+    assert worker.handle_message(message) is False
+    assert Mark.objects.filter(token="once").count() == 1
+
+
+def test_message_with_an_unregistered_name_runs_nothing():
+    run = tasks.mark.delay("never")
+    worker = Worker(name="w", manage_connections=False)
+    assert worker.handle_message({"type": "sisy.run", "run": run.pk, "name": "os.system"}) is False
+    assert Mark.objects.filter(token="never").count() == 0
+    assert Run.objects.get(pk=run.pk).status == "queued"
+
+
+# -- eager mode -----------------------------------------------------------------------------
+
+def test_eager_mode_runs_inline_through_validation_and_ledger(settings):
+    settings.SISY = {"EAGER": True}
+    run = tasks.add.delay(4, 5)
+    assert (run.status, run.result, run.worker) == ("succeeded", 9, "eager")
+    with pytest.raises(InvalidArguments):
+        tasks.add.delay("nope")
+    assert Run.objects.count() == 1
+
+
+def test_eager_mode_records_failures(settings):
+    settings.SISY = {"EAGER": True}
+    run = tasks.fail.delay("eager boom")
+    assert run.status == "failed"
+    with pytest.raises(RunFailed, match="ValueError: eager boom"):
+        run.wait(timeout=0)
