@@ -120,12 +120,21 @@ def _location(loc) -> str:
     return "".join(f"[{part!r}]" for part in loc)
 
 
-def _explain(error: ValidationError) -> str:
+def _explain(error: ValidationError, from_legacy: frozenset[str] = frozenset()) -> str:
+    legacy_names = {key: old for old, key in LEGACY_SETTINGS.items()}
     lines = []
     for item in error.errors():
         loc = item["loc"]
-        where = f"SISY{_location(loc)}"
-        if item["type"] == "extra_forbidden":
+        if loc and loc[0] in from_legacy:  # the value came from a seed SISY_* setting
+            where = legacy_names[loc[0]] + _location(loc[1:])
+        else:
+            where = f"SISY{_location(loc)}"
+        if loc and loc[-1] == "[key]":  # pydantic's marker for a bad dict key
+            lines.append(
+                f"SISY{_location(loc[:-2])} has the key {item['input']!r}, which is invalid: "
+                f"{item['msg']}"
+            )
+        elif item["type"] == "extra_forbidden":
             model = TaskOverride if len(loc) > 2 and loc[0] == "TASKS" else SisySettings
             lines.append(
                 f"{where} is not a Sisy setting.{_suggest(str(loc[-1]), model.model_fields)}"
@@ -139,7 +148,11 @@ def _explain(error: ValidationError) -> str:
 
 
 def parse_settings(raw: object, legacy: dict[str, Any] | None = None) -> SisySettings:
-    """Parse a ``SISY`` value (plus legacy values) or raise ``ConfigurationError``."""
+    """Parse a ``SISY`` value (plus legacy values) or raise ``ConfigurationError``.
+
+    ``legacy`` maps ``SISY`` keys to the values of the seed's ``SISY_*`` settings;
+    a key given in ``SISY`` too wins over its legacy setting.
+    """
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -151,7 +164,8 @@ def parse_settings(raw: object, legacy: dict[str, Any] | None = None) -> SisySet
     try:
         return SisySettings.model_validate(data)
     except ValidationError as exc:
-        raise ConfigurationError(_explain(exc)) from None
+        from_legacy = frozenset(legacy or ()) - set(raw)
+        raise ConfigurationError(_explain(exc, from_legacy)) from None
 
 
 def _read_django_settings() -> tuple[object, dict[str, Any]]:
