@@ -20,7 +20,7 @@ from urllib.parse import parse_qs, urlparse
 from django.conf import settings
 from django.core import checks
 
-from sisy.conf import parse_settings, _read_django_settings
+from sisy.conf import _read_django_settings, parse_settings
 from sisy.exceptions import ConfigurationError
 from sisy.registry import registry
 
@@ -33,7 +33,8 @@ def _settings_errors(exc: ConfigurationError) -> list[checks.CheckMessage]:
         if "is not a Sisy setting" in line:
             errors.append(checks.Error(
                 line, id="sisy.E001",
-                hint="Remove the key or correct its spelling; the settings reference lists every key.",
+                hint="Remove the key or correct its spelling; "
+                     "the settings reference lists every key.",
             ))
         elif "not valid cron" in line:
             errors.append(checks.Error(
@@ -77,14 +78,22 @@ def _redis_major() -> int | None:
         return None
 
 
+def _seconds(value) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
 def _host_timeout(host) -> float | None:
+    """The ``socket_timeout`` of one channels-redis host (a dict, a URL or a tuple)."""
     if isinstance(host, dict):
-        if "socket_timeout" in host:
-            return host["socket_timeout"]
+        if host.get("socket_timeout") is not None:
+            return _seconds(host["socket_timeout"])
         host = host.get("address", "")
     if isinstance(host, str):
         values = parse_qs(urlparse(host).query).get("socket_timeout")
-        return float(values[0]) if values else None
+        return _seconds(values[0]) if values else None
     return None
 
 
@@ -100,14 +109,14 @@ def check_channel_layers(app_configs=None, **kwargs):
         )]
     messages = []
     for alias, layer in layers.items():
-        if "channels_redis" not in str(layer.get("BACKEND", "")):
+        if not isinstance(layer, dict) or "channels_redis" not in str(layer.get("BACKEND", "")):
             continue
         if (_redis_major() or 0) < 8:
             continue
-        hosts = layer.get("CONFIG", {}).get("hosts", [("localhost", 6379)])
+        hosts = (layer.get("CONFIG") or {}).get("hosts") or [("localhost", 6379)]
         for host in hosts:
             timeout = _host_timeout(host)
-            if timeout is None or float(timeout) <= 5:
+            if timeout is None or timeout <= 5:
                 messages.append(checks.Warning(
                     f"CHANNEL_LAYERS[{alias!r}] uses channels-redis with redis-py 8, whose "
                     "default 5 s socket timeout equals channels-redis's 5 s blocking pop: "
