@@ -36,6 +36,8 @@ __all__ = ["enqueue", "wake", "wake_many", "run_message", "Sender", "local_wakeu
 logger = logging.getLogger(__name__)
 
 MESSAGE_TYPE = "sisy.run"
+#: Wake-ups being sent at once by one process.
+MAX_IN_FLIGHT = 32
 
 
 def run_message(run: Run) -> dict:
@@ -79,6 +81,7 @@ class Sender:
         self._lock = threading.Lock()
         self._pending: set = set()
         self._last_warning = 0.0
+        self._in_flight: asyncio.Semaphore | None = None
 
     def _start(self) -> asyncio.AbstractEventLoop:
         with self._lock:
@@ -89,15 +92,23 @@ class Sender:
                 )
                 thread.start()
                 self._loop, self._thread, self._pid = loop, thread, os.getpid()
+                self._in_flight = None
             return self._loop
 
     def send(self, layer, messages: Iterable[tuple[str, dict]]) -> None:
         """Schedule the sends and return at once; failures are logged, not raised."""
         loop = self._start()
         for channel, message in messages:
-            future = asyncio.run_coroutine_threadsafe(layer.send(channel, message), loop)
+            future = asyncio.run_coroutine_threadsafe(self._send(layer, channel, message), loop)
             self._pending.add(future)
             future.add_done_callback(self._done)
+
+    async def _send(self, layer, channel: str, message: dict) -> None:
+        # Bound the sends in flight: the layer's connection pool is finite.
+        if self._in_flight is None:
+            self._in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
+        async with self._in_flight:
+            await layer.send(channel, message)
 
     def _done(self, future) -> None:
         self._pending.discard(future)

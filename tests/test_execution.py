@@ -5,6 +5,7 @@ expect exactly the recorded outcome.
 """
 
 import datetime
+import re
 import decimal
 import uuid
 from datetime import timedelta
@@ -339,3 +340,21 @@ def test_eager_mode_records_failures(settings):
     assert run.status == "failed"
     with pytest.raises(RunFailed, match="ValueError: eager boom"):
         run.wait(timeout=0)
+
+
+# -- command-line input ---------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["sisy_worker", "--concurrency", "0"], "--concurrency must be 1 or more, not 0."),
+        (["sisy_worker", "--channel", "bad!name"],
+         "--channel 'bad!name' is not a valid Sisy channel; use a plain name such as sisy.run_task."),
+        (["sisy_run", "--concurrency", "-1"], "--concurrency must be 1 or more, not -1."),
+    ],
+)
+def test_worker_commands_refuse_bad_options(argv, message):
+    from django.core.management import CommandError, call_command
+
+    with pytest.raises(CommandError, match=re.escape(message)):
+        call_command(*argv)
