@@ -121,6 +121,7 @@ def sync_tasks(*, now: datetime | None = None, using: str = DEFAULT_DB_ALIAS) ->
             setattr(row, key, value)
         row.orphaned = False
         row.source = Task.Source.CODE
+        row.modified_at = now  # bulk_update() does not apply auto_now
         row.next_run = _plan_next_run(
             row, overrides, now,
             schedule_changed=bool({"schedule", "timezone"} & diff.keys()) or was_orphaned,
@@ -129,7 +130,8 @@ def sync_tasks(*, now: datetime | None = None, using: str = DEFAULT_DB_ALIAS) ->
         report.updated.append(name)
     if changed:
         manager.bulk_update(
-            changed, [*CODE_FIELDS, "orphaned", "source", "next_run"], batch_size=500
+            changed, [*CODE_FIELDS, "orphaned", "source", "next_run", "modified_at"],
+            batch_size=500,
         )
 
     with transaction.atomic(using=using):
