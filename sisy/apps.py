@@ -16,6 +16,14 @@ class SisyConfig(AppConfig):
 
 
 def _sync_after_migrate(sender, using, plan=None, **kwargs):
+    from django.db import connections
+    from django.db.migrations.loader import MigrationLoader
+
     from sisy.sync import sync_tasks
 
+    # After "migrate sisy zero" (or to an older migration) the table is gone or
+    # lacks columns: sync only when every Sisy migration is applied.
+    loader = MigrationLoader(connections[using], ignore_no_migrations=True)
+    if not set(loader.graph.leaf_nodes(sender.label)) <= set(loader.applied_migrations):
+        return
     sync_tasks(using=using)

@@ -1,5 +1,5 @@
 from django.core.management.base import BaseCommand
-from django.db.models import OuterRef, Subquery
+from django.db.models import F, OuterRef, Subquery
 
 from sisy.conf import get_settings
 from sisy.models import Run, Task
@@ -20,7 +20,7 @@ class Command(BaseCommand):
         latest = Run.objects.filter(task=OuterRef("pk")).order_by("-scheduled_for", "-id")
         rows = Task.objects.annotate(
             last_status=Subquery(latest.values("status")[:1]),
-        ).order_by("name", "pk")
+        ).order_by(F("name").asc(nulls_last=True), "label", "pk")  # same order on every DB
         table = [COLUMNS]
         for row in rows:
             info = explain(row, conf)
@@ -33,7 +33,8 @@ class Command(BaseCommand):
             ))
         widths = [max(len(line[i]) for line in table) for i in range(len(COLUMNS))]
         for index, line in enumerate(table):
-            self.stdout.write("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip())
+            cells = (cell.ljust(width) for cell, width in zip(line, widths, strict=True))
+            self.stdout.write("  ".join(cells).rstrip())
             if index == 0:
                 self.stdout.write("  ".join("-" * w for w in widths))
         if len(table) == 1:
