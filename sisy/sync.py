@@ -143,9 +143,12 @@ def sync_tasks(*, now: datetime | None = None, using: str = DEFAULT_DB_ALIAS) ->
             manager.filter(name__in=report.orphaned).update(
                 orphaned=True, next_run=None, modified_at=now
             )
-    for name in report.orphaned:
+    if report.orphaned:
+        shown = ", ".join(report.orphaned[:10])
+        more = len(report.orphaned) - 10
         logger.warning(
-            "Task %r has no @sisy.periodic definition any more; it is switched off "
-            "(orphaned) and its runs are kept.", name,
+            "%d task(s) have no @sisy.periodic definition any more; they are switched off "
+            "(orphaned) and their runs are kept: %s%s", len(report.orphaned), shown,
+            f" and {more} more" if more > 0 else "",
         )
     return report

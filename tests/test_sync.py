@@ -333,3 +333,17 @@ def test_concurrent_sisy_sync_processes_on_postgres(spawn_manage):
             assert Task.objects.count() == len(periodic) + 1
         else:
             assert Task.objects.count() == len(periodic)
+
+
+def test_orphans_are_logged_in_one_line(isolated_registry, caplog):
+    for i in range(12):
+        register(name=f"log.task_{i:02d}")
+    sync_tasks(now=NOW)
+    with registry.isolated():
+        sync_tasks(now=NOW)
+    [record] = [r for r in caplog.records if r.name == "sisy.sync"]
+    assert record.getMessage() == (
+        "12 task(s) have no @sisy.periodic definition any more; they are switched off "
+        "(orphaned) and their runs are kept: "
+        + ", ".join(f"log.task_{i:02d}" for i in range(10)) + " and 2 more"
+    )
