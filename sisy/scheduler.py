@@ -1,0 +1,566 @@
+"""The scheduler: fires due standing tasks and recovers what the channel layer lost.
+
+One :class:`Scheduler` runs in each ``manage.py sisy_heartbeat`` process (and
+in a thread of ``manage.py sisy_run``). Any number of them may run at once
+against one database; each cron slot is fired exactly once:
+
+* due rows are read ``FOR UPDATE SKIP LOCKED`` (schedulers share the work
+  instead of waiting on each other), each row's ``next_run`` is advanced by a
+  conditional ``UPDATE ... WHERE next_run = <the value read>``, and only the
+  scheduler whose update won creates the slot's ``Run``;
+* the partial unique constraint ``sisy_run_one_per_slot`` on
+  ``(task, scheduled_for)`` backs this up: a slot that somehow comes round
+  again (a ``next_run`` moved back by hand) is refused by the database, and
+  the refusal is silent.
+
+Everything that decides takes ``now`` as an argument; only :meth:`Scheduler.run`
+reads the clock. See ``docs/topics/reliability.rst`` for the guarantees.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+from django.db import (
+    DEFAULT_DB_ALIAS,
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+    close_old_connections,
+    connections,
+    transaction,
+)
+from django.db.models import Q
+from django.db.models.signals import post_delete, post_save, pre_save
+from django.dispatch import receiver
+from django.utils import timezone
+
+from sisy.conf import SisySettings, get_settings
+from sisy.dispatch import wake_many
+from sisy.execution import finish, schedule_retry
+from sisy.models import Run, Task, Worker
+from sisy.registry import registry
+from sisy.schedules import validate_schedule
+
+__all__ = ["Scheduler", "Plan", "plan_slots", "CATCH_UP_LIMIT"]
+
+logger = logging.getLogger(__name__)
+
+Status = Run.Status
+
+#: ``catch_up="all"`` fires at most this many missed slots (the most recent ones).
+CATCH_UP_LIMIT = 100
+#: Due rows handled in one transaction.
+FIRE_BATCH = 500
+#: At most this many batches per tick (100,000 due rows), so a tick always ends.
+MAX_FIRE_BATCHES = 200
+#: Queued runs sent again per recovery pass (channels-redis holds 100 per channel).
+REDELIVERY_BATCH = 100
+#: Finished runs deleted per statement, and statements per pruning pass.
+PRUNE_BATCH = 1000
+PRUNE_BATCHES = 10
+#: Seconds between two pruning passes.
+PRUNE_INTERVAL = 300.0
+#: While sleeping, look at the earliest ``next_run`` this often (seconds), so a
+#: row created or changed in another process is seen within this time.
+PEEK_INTERVAL = 1.0
+#: Longest back-off (seconds) after a database or channel-layer error.
+MAX_BACKOFF = 10.0
+
+_CONNECTION_ERRORS = (OperationalError, InterfaceError, ConnectionError, TimeoutError)
+
+
+# -- Pure planning -----------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Plan:
+    """What firing one due row does: its runs, and the row's new state."""
+
+    queue: list[datetime] = dataclasses.field(default_factory=list)
+    skip: list[tuple[datetime, str]] = dataclasses.field(default_factory=list)
+    next_run: datetime | None = None
+    iterations: int = 0
+    retire: bool = False
+    dropped: int | None = 0  # missed slots not fired; None: more than we counted
+
+
+def _recent_slots(row: Task, first: datetime, now: datetime, limit: int):
+    """The last ``limit`` slots in ``[first, now]``, oldest first, and how many were dropped.
+
+    ``first`` (the row's ``next_run``) counts as a slot. The search widens a
+    window back from ``now`` instead of walking from ``first``, so a weekend
+    of missed every-second slots costs a few dozen cron steps, not 170,000.
+    The dropped count is ``None`` when it was not worth counting.
+    """
+    width = timedelta(seconds=2)
+    while True:
+        from_first = now - first <= width
+        found: deque[datetime] = deque(maxlen=limit)
+        count = 0
+        slot = first if from_first else row.next_slot(now - width)
+        while slot is not None and slot <= now:
+            found.append(slot)
+            count += 1
+            slot = row.next_slot(slot)
+        if from_first:
+            return list(found), count - len(found)
+        if count >= limit:
+            return list(found), None
+        width *= 8
+
+
+def plan_slots(row: Task, now: datetime, *, running: bool, grace: timedelta) -> Plan:
+    """Decide what to do with a row whose ``next_run`` is due at ``now``.
+
+    ``running`` says whether a run of the task is running now (for
+    ``allow_overlap=False``); ``grace`` is how late a slot may be seen before
+    it counts as missed (``catch_up="skip"``). Raises
+    :class:`~sisy.exceptions.InvalidSchedule` for a schedule or timezone that
+    is not valid.
+    """
+    validate_schedule(row.schedule, task_name=str(row))
+    row.get_timezone()
+    first = row.next_run
+    if row.catch_up == Task.CatchUp.ALL:
+        slots, dropped = _recent_slots(row, first, now, CATCH_UP_LIMIT)
+    else:
+        slots, dropped = _recent_slots(row, first, now, 1)
+        if row.catch_up == Task.CatchUp.SKIP and slots and now - slots[-1] > grace:
+            slots, dropped = [], None
+    plan = Plan(next_run=row.next_slot(now), iterations=row.iterations, dropped=dropped)
+    for slot in slots:
+        if row.start_deadline is not None and now - slot > row.start_deadline:
+            plan.skip.append((slot, (
+                f"Skipped: slot {slot.isoformat()} was {_seconds(now - slot)} late at fire "
+                f"time, past its start_deadline of {_seconds(row.start_deadline)}."
+            )))
+        elif running and not row.allow_overlap:
+            plan.skip.append((slot, (
+                "Skipped: another run of this task was still running (allow_overlap=False)."
+            )))
+        else:
+            plan.queue.append(slot)
+    if row.iterations:
+        if len(plan.queue) >= row.iterations:
+            plan.queue = plan.queue[-row.iterations:]
+            plan.retire = True
+        plan.iterations = row.iterations - len(plan.queue)
+    if plan.next_run is None:
+        plan.retire = True
+    if plan.retire:
+        plan.next_run = None
+    return plan
+
+
+def _seconds(delta: timedelta) -> str:
+    return f"{delta.total_seconds():g} s"
+
+
+# -- Waking schedulers in this process --------------------------------------------
+
+_live: weakref.WeakSet[Scheduler] = weakref.WeakSet()
+
+
+def _notify_schedulers() -> None:
+    for scheduler in list(_live):
+        scheduler.wakeup.set()
+
+
+@receiver(post_save, sender=Task, dispatch_uid="sisy.scheduler.task_saved")
+@receiver(post_delete, sender=Task, dispatch_uid="sisy.scheduler.task_deleted")
+def _task_changed(sender, instance, using=DEFAULT_DB_ALIAS, **kwargs):
+    """Wake this process's schedulers once the change is committed."""
+    if _live:
+        transaction.on_commit(_notify_schedulers, using=using)
+
+
+_SCHEDULE_FIELDS = ("schedule", "timezone", "start_running", "end_running")
+
+
+@receiver(pre_save, sender=Task, dispatch_uid="sisy.scheduler.schedule_row")
+def _schedule_row(sender, instance: Task, raw=False, using=DEFAULT_DB_ALIAS, **kwargs):
+    """Give a saved row that may fire its next slot.
+
+    A row saved switched on without a ``next_run`` (a new row, a row switched
+    back on) gets its first slot, and so does a row whose schedule, timezone or
+    start/end changed. An invalid schedule is left for the scheduler, which
+    switches the row off with the error.
+    """
+    if raw or instance.orphaned or not instance.enabled or instance.paused:
+        return
+    changed = instance.next_run is None
+    if not changed and instance.pk is not None:
+        old = Task.objects.using(using).filter(pk=instance.pk).values(*_SCHEDULE_FIELDS).first()
+        changed = old is not None and any(
+            old[field] != getattr(instance, field) for field in _SCHEDULE_FIELDS
+        )
+    if not changed:
+        return
+    try:
+        validate_schedule(instance.schedule, task_name=str(instance))
+        instance.next_run = instance.first_slot(timezone.now())
+    except Exception as exc:  # noqa: BLE001 - reported by the scheduler when it fires
+        logger.warning("Task %s cannot be scheduled: %s", instance, exc)
+
+
+# -- The scheduler -------------------------------------------------------------------
+
+
+class Scheduler:
+    """Fires due ``Task`` slots and recovers lost runs; see the module docstring.
+
+    ``clock`` returns the current aware time (tests pass a frozen one),
+    ``max_sleep`` bounds one sleep (default ``SISY["HEARTBEAT_FREQUENCY"]``),
+    and ``using`` is the database alias.
+    """
+
+    def __init__(self, *, clock: Callable[[], datetime] = timezone.now,
+                 max_sleep: float | None = None, using: str = DEFAULT_DB_ALIAS):
+        self.clock = clock
+        self.max_sleep = max_sleep
+        self.using = using
+        #: Set to end the current sleep early (a Task changed, a stop was asked for).
+        self.wakeup = threading.Event()
+        self._next_recovery: datetime | None = None
+        self._next_prune: datetime | None = None
+        self._due_at: datetime | None = None
+        _live.add(self)
+
+    # The loop ---------------------------------------------------------------------
+
+    def run(self, stop_event: threading.Event) -> None:
+        """Tick until ``stop_event`` is set; survive database and channel-layer outages."""
+        logger.info("Sisy scheduler started (database %r).", self.using)
+        backoff = 0.0
+        synced = False
+        while not stop_event.is_set():
+            try:
+                close_old_connections()
+                if not synced:
+                    from sisy.sync import sync_tasks
+
+                    logger.info("Task rows synced: %s.", sync_tasks(using=self.using))
+                    synced = True
+                sleep = self.tick(self.clock())
+                backoff = 0.0
+            except _CONNECTION_ERRORS as exc:
+                backoff = min(MAX_BACKOFF, backoff * 2 or 0.5)
+                logger.warning(
+                    "Sisy scheduler lost its database or channel layer (%s: %s); "
+                    "retrying in %g s.", type(exc).__name__, exc, backoff,
+                )
+                self._close_connection()
+                sleep = backoff
+            except Exception:
+                backoff = min(MAX_BACKOFF, backoff * 2 or 0.5)
+                logger.exception("Sisy scheduler tick failed; retrying in %g s.", backoff)
+                self._close_connection()
+                sleep = backoff
+            self._sleep(sleep, stop_event)
+        self._close_connection()
+        logger.info("Sisy scheduler stopped.")
+
+    def stop(self, stop_event: threading.Event | None = None) -> None:
+        """Ask :meth:`run` to return (safe from a signal handler)."""
+        if stop_event is not None:
+            stop_event.set()
+        self.wakeup.set()
+
+    def _close_connection(self) -> None:
+        try:
+            connections[self.using].close()
+        except Exception:  # noqa: BLE001 - a dead connection may refuse to close
+            pass
+
+    def _sleep(self, seconds: float, stop_event: threading.Event) -> None:
+        """Sleep ``seconds``; return early on stop, a local change, or an earlier slot."""
+        deadline = time.monotonic() + seconds
+        next_peek = time.monotonic() + PEEK_INTERVAL
+        while not stop_event.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            if self.wakeup.wait(min(remaining, 0.5)):
+                self.wakeup.clear()
+                return
+            if time.monotonic() >= next_peek and deadline - time.monotonic() > 0.05:
+                next_peek = time.monotonic() + PEEK_INTERVAL
+                if self._earlier_slot_appeared():
+                    return
+
+    def _earlier_slot_appeared(self) -> bool:
+        try:
+            due = self._earliest_next_run()
+        except Exception:  # noqa: BLE001 - the next tick reports database errors
+            return False
+        return due is not None and (self._due_at is None or due < self._due_at)
+
+    # One tick ---------------------------------------------------------------------
+
+    def tick(self, now: datetime) -> float:
+        """Do everything due at ``now``; return how many seconds to sleep."""
+        conf = get_settings()
+        limit = self.max_sleep if self.max_sleep is not None else conf.HEARTBEAT_FREQUENCY
+        if self._next_recovery is None or now >= self._next_recovery:
+            self.redeliver(now, conf)
+            self.recover_lost(now, conf)
+            self._next_recovery = now + timedelta(seconds=self.recovery_interval(conf))
+        if conf.RETENTION is not None and (self._next_prune is None or now >= self._next_prune):
+            self.prune(now, conf)
+            self._next_prune = now + timedelta(seconds=PRUNE_INTERVAL)
+        self.fire_due(now, conf)
+        wake_at = [now + timedelta(seconds=limit), self._next_recovery]
+        self._due_at = self._earliest_next_run() if conf.ENABLED else None
+        if self._due_at is not None:
+            wake_at.append(self._due_at)
+        deferred = self._earliest_deferred(now)
+        if deferred is not None:
+            wake_at.append(deferred)
+        return max(0.0, (min(wake_at) - now).total_seconds())
+
+    @staticmethod
+    def recovery_interval(conf: SisySettings) -> float:
+        """Seconds between two recovery passes: half the shorter of redelivery and heartbeat."""
+        return max(0.5, min(conf.REDELIVERY_INTERVAL, conf.WORKER_HEARTBEAT) / 2)
+
+    def _earliest_next_run(self) -> datetime | None:
+        return (
+            Task.objects.using(self.using)
+            .filter(next_run__isnull=False)
+            .order_by("next_run")
+            .values_list("next_run", flat=True)
+            .first()
+        )
+
+    def _earliest_deferred(self, now: datetime) -> datetime | None:
+        """When the next deferred run (``run_after``, a retry) comes due, if it was never sent."""
+        return (
+            Run.objects.using(self.using)
+            .filter(status=Status.QUEUED, not_before__gt=now, sent_at__isnull=True)
+            .order_by("not_before")
+            .values_list("not_before", flat=True)
+            .first()
+        )
+
+    # Firing -----------------------------------------------------------------------
+
+    def fire_due(self, now: datetime, conf: SisySettings | None = None) -> list[Run]:
+        """Fire every slot due at ``now``; return the runs this scheduler created."""
+        conf = conf or get_settings()
+        fired: list[Run] = []
+        if not conf.ENABLED:
+            return fired
+        for _ in range(MAX_FIRE_BATCHES):
+            created, seen = self._fire_batch(now, conf)
+            wake_many([run for run in created if run.status == Status.QUEUED])
+            fired.extend(created)
+            if seen < FIRE_BATCH:
+                break
+        return fired
+
+    def _fire_batch(self, now: datetime, conf: SisySettings) -> tuple[list[Run], int]:
+        tasks = Task.objects.using(self.using)
+        with transaction.atomic(using=self.using):
+            rows = list(
+                tasks.select_for_update(skip_locked=True)
+                .filter(next_run__lte=now)
+                .order_by("next_run", "pk")[:FIRE_BATCH]
+            )
+            if not rows:
+                return [], 0
+            exclusive = [row.pk for row in rows if not row.allow_overlap]
+            running = set(
+                Run.objects.using(self.using)
+                .filter(task_id__in=exclusive, status=Status.RUNNING)
+                .values_list("task_id", flat=True)
+            ) if exclusive else set()
+            grace = timedelta(seconds=conf.HEARTBEAT_FREQUENCY)
+            runs: list[Run] = []
+            for row in rows:
+                runs.extend(self._fire_row(row, now, conf, grace, row.pk in running))
+            return self._insert(runs), len(rows)
+
+    def _fire_row(self, row: Task, now: datetime, conf: SisySettings, grace: timedelta,
+                  running: bool) -> list[Run]:
+        """Advance one due row (if this scheduler wins it) and return its unsaved runs."""
+        overrides = conf.overrides_for(row.name) if row.name else {}
+        claim = Task.objects.using(self.using).filter(pk=row.pk, next_run=row.next_run)
+        if not row.is_switched_on(overrides):
+            claim.update(next_run=None)
+            logger.info("Task %s is switched off; it is no longer scheduled.", row)
+            return []
+        try:
+            plan = plan_slots(row, now, running=running, grace=grace)
+        except Exception as exc:  # noqa: BLE001 - one bad row must not stop the others
+            return self._switch_off(row, claim, now, exc)
+        values = {"next_run": plan.next_run, "iterations": plan.iterations}
+        fired = plan.queue + [slot for slot, _ in plan.skip]
+        if fired:
+            values["last_run"] = max(fired)
+        if plan.retire:
+            values["enabled"] = False
+        if not claim.update(**values):
+            return []  # another scheduler fired this slot
+        if plan.dropped != 0:
+            logger.warning(
+                "Task %s missed slots since %s (catch_up=%s); %s not fired.",
+                row, row.next_run.isoformat(), row.catch_up,
+                "some" if plan.dropped is None else plan.dropped,
+            )
+        if plan.retire:
+            logger.info("Task %s retired: no slot left (iterations or end_running).", row)
+        base = {
+            "task": row,
+            "task_name": row.name or row.label or str(row),
+            "channel": overrides.get("channel") or row.channel or conf.RUN_TASK_CHANNEL,
+            "exclusive": not row.allow_overlap,
+            "enqueued_at": now,
+        }
+        runs = [Run(**base, scheduled_for=slot, not_before=slot, sent_at=now) for slot in plan.queue]
+        runs += [
+            Run(**base, scheduled_for=slot, not_before=slot, status=Status.SKIPPED,
+                error=reason, finished_at=now)
+            for slot, reason in plan.skip
+        ]
+        return runs
+
+    def _switch_off(self, row: Task, claim, now: datetime, exc: Exception) -> list[Run]:
+        error = (
+            f"Task {row} was switched off by the scheduler: {exc} "
+            "Fix the row and switch it on again."
+        )
+        if not claim.update(enabled=False, next_run=None):
+            return []
+        logger.error("%s", error)
+        return [Run(
+            task=row, task_name=row.name or row.label or str(row),
+            channel=row.channel or get_settings().RUN_TASK_CHANNEL,
+            scheduled_for=row.next_run, not_before=row.next_run, enqueued_at=now,
+            status=Status.FAILED, finished_at=now, error=error,
+            error_type=f"{type(exc).__module__}.{type(exc).__qualname__}",
+        )]
+
+    def _insert(self, runs: list[Run]) -> list[Run]:
+        """Insert the runs; a slot that already has a run is skipped silently."""
+        if not runs:
+            return []
+        try:
+            with transaction.atomic(using=self.using):
+                return Run.objects.using(self.using).bulk_create(runs)
+        except IntegrityError:
+            pass
+        created = []
+        for run in runs:
+            try:
+                with transaction.atomic(using=self.using):
+                    run.save(using=self.using, force_insert=True)
+            except IntegrityError:
+                logger.debug("Slot %s of %s already has a run.", run.scheduled_for, run.task_name)
+                run.pk = None
+            else:
+                created.append(run)
+        return created
+
+    # Recovery ---------------------------------------------------------------------
+
+    def redeliver(self, now: datetime, conf: SisySettings | None = None) -> list[int]:
+        """Send again the wake-ups of due queued runs never sent or sent too long ago.
+
+        At most :data:`REDELIVERY_BATCH` runs per call, oldest first; returns their ids.
+        """
+        conf = conf or get_settings()
+        stale = now - timedelta(seconds=conf.REDELIVERY_INTERVAL)
+        runs = Run.objects.using(self.using)
+        with transaction.atomic(using=self.using):
+            batch = list(
+                runs.select_for_update(skip_locked=True)
+                .filter(status=Status.QUEUED, not_before__lte=now)
+                .filter(Q(sent_at__isnull=True) | Q(sent_at__lt=stale))
+                .order_by("not_before", "id")
+                .only("id", "task_name", "channel")[:REDELIVERY_BATCH]
+            )
+            ids = [run.pk for run in batch]
+            if ids:
+                runs.filter(pk__in=ids, status=Status.QUEUED).update(sent_at=now)
+        if batch:
+            logger.info("Sent the wake-ups of %d queued runs again.", len(batch))
+            wake_many(batch)
+        return ids
+
+    def recover_lost(self, now: datetime, conf: SisySettings | None = None) -> list[Run]:
+        """Settle running runs whose worker stopped heart-beating; return them.
+
+        A worker is lost when its ``Worker`` row's ``last_seen`` is older than
+        twice ``WORKER_HEARTBEAT`` (or it has no row). Its runs become
+        ``failed`` with a "Worker lost" error, and are retried if the task allows.
+        Runs started less than that long ago are left alone.
+        """
+        conf = conf or get_settings()
+        limit = now - timedelta(seconds=2 * conf.WORKER_HEARTBEAT)
+        runs = Run.objects.using(self.using).filter(status=Status.RUNNING)
+        names = set(runs.values_list("worker", flat=True).distinct())
+        if not names:
+            return []
+        seen = dict(
+            Worker.objects.using(self.using).filter(name__in=names).values_list("name", "last_seen")
+        )
+        lost = {name for name in names if seen.get(name) is None or seen[name] < limit}
+        settled = []
+        for run in runs.filter(worker__in=lost, started_at__lt=limit).select_related("task"):
+            last_seen = seen.get(run.worker)
+            when = (f"stopped heart-beating at {last_seen.isoformat()}" if last_seen
+                    else "has no heartbeat row")
+            error = (f"Worker lost: {run.worker or '(unnamed)'} {when}; "
+                     f"run {run.pk} was running since {run.started_at.isoformat()}.")
+            if not finish(run, Status.FAILED, error=error, error_type="sisy.WorkerLost", now=now):
+                continue
+            logger.warning("%s", error)
+            retries, backoff = self._retry_policy(run, conf)
+            retry = schedule_retry(run, now, retries, backoff)
+            if retry is not None:
+                logger.info("Run %s will be retried as run %s.", run.pk, retry.pk)
+            settled.append(run)
+        return settled
+
+    @staticmethod
+    def _retry_policy(run: Run, conf: SisySettings) -> tuple[int, float]:
+        overrides = conf.overrides_for(run.task_name)
+        if run.task is not None:
+            retries, backoff = run.task.retries, run.task.retry_backoff
+        elif run.task_name in registry:
+            definition = registry.get(run.task_name)
+            retries, backoff = definition.retries, definition.retry_backoff
+        else:
+            retries, backoff = 0, 1.0
+        return overrides.get("retries", retries), overrides.get("retry_backoff", backoff)
+
+    def prune(self, now: datetime, conf: SisySettings | None = None) -> int:
+        """Delete finished runs older than ``RETENTION`` in small batches; return how many."""
+        conf = conf or get_settings()
+        if conf.RETENTION is None:
+            return 0
+        cutoff = now - conf.RETENTION
+        runs = Run.objects.using(self.using)
+        deleted = 0
+        for _ in range(PRUNE_BATCHES):
+            ids = list(
+                runs.filter(finished_at__lt=cutoff, status__in=Run.FINISHED)
+                .order_by("finished_at")
+                .values_list("pk", flat=True)[:PRUNE_BATCH]
+            )
+            if not ids:
+                break
+            deleted += runs.filter(pk__in=ids).delete()[1].get(Run._meta.label, 0)
+            if len(ids) < PRUNE_BATCH:
+                break
+        if deleted:
+            logger.info("Deleted %d runs finished before %s (RETENTION).", deleted, cutoff)
+        return deleted
