@@ -207,7 +207,7 @@ def _schedule_row(sender, instance: Task, raw=False, using=DEFAULT_DB_ALIAS, **k
     try:
         validate_schedule(instance.schedule, task_name=str(instance))
         instance.next_run = instance.first_slot(timezone.now())
-    except Exception as exc:  # noqa: BLE001 - reported by the scheduler when it fires
+    except Exception as exc:  # reported by the scheduler when it fires
         logger.warning("Task %s cannot be scheduled: %s", instance, exc)
 
 
@@ -277,7 +277,7 @@ class Scheduler:
     def _close_connection(self) -> None:
         try:
             connections[self.using].close()
-        except Exception:  # noqa: BLE001 - a dead connection may refuse to close
+        except Exception:  # a dead connection may refuse to close
             pass
 
     def _sleep(self, seconds: float, stop_event: threading.Event) -> None:
@@ -299,7 +299,7 @@ class Scheduler:
     def _earlier_slot_appeared(self) -> bool:
         try:
             due = self._earliest_next_run()
-        except Exception:  # noqa: BLE001 - the next tick reports database errors
+        except Exception:  # the next tick reports database errors
             return False
         return due is not None and (self._due_at is None or due < self._due_at)
 
@@ -399,7 +399,7 @@ class Scheduler:
             return []
         try:
             plan = plan_slots(row, now, running=running, grace=grace)
-        except Exception as exc:  # noqa: BLE001 - one bad row must not stop the others
+        except Exception as exc:  # one bad row must not stop the others
             return self._switch_off(row, claim, now, exc)
         values = {"next_run": plan.next_run, "iterations": plan.iterations}
         fired = plan.queue + [slot for slot, _ in plan.skip]
@@ -424,7 +424,8 @@ class Scheduler:
             "exclusive": not row.allow_overlap,
             "enqueued_at": now,
         }
-        runs = [Run(**base, scheduled_for=slot, not_before=slot, sent_at=now) for slot in plan.queue]
+        runs = [Run(**base, scheduled_for=slot, not_before=slot, sent_at=now)
+                for slot in plan.queue]
         runs += [
             Run(**base, scheduled_for=slot, not_before=slot, status=Status.SKIPPED,
                 error=reason, finished_at=now)

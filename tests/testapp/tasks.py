@@ -104,3 +104,20 @@ def flaky(token: str):
     if Mark.objects.filter(token=token).count() < 3:
         raise RuntimeError(f"attempt {Mark.objects.filter(token=token).count()} fails")
     return "third time lucky"
+
+
+# Used by tests/test_scheduler_processes.py: several schedulers fire these every
+# second or two; each slot must have exactly one run.
+@sisy.periodic("* * * * * *", name="sched.every_second", allow_overlap=True)
+def sched_every_second():
+    return None
+
+
+@sisy.periodic("* * * * * */2", name="sched.every_2s")
+def sched_every_2s():
+    return None
+
+
+@sisy.periodic("* * * * * 1-59/3", name="sched.every_3s")
+def sched_every_3s():
+    return None

@@ -19,7 +19,8 @@ class Command(BaseCommand):
         parser.add_argument("--database", default="default", help="Database alias to use.")
         parser.add_argument(
             "--max-sleep", type=float, default=None,
-            help="Longest sleep between two ticks in seconds (default: SISY['HEARTBEAT_FREQUENCY']).",
+            help="Longest sleep between two ticks, in seconds "
+                 "(default: SISY['HEARTBEAT_FREQUENCY']).",
         )
 
     def handle(self, *args, **options):
