@@ -18,6 +18,7 @@ import asyncio
 import atexit
 import logging
 import os
+import random
 import threading
 import time
 from collections.abc import Iterable
@@ -36,8 +37,6 @@ __all__ = ["enqueue", "wake", "wake_many", "run_message", "Sender", "local_wakeu
 logger = logging.getLogger(__name__)
 
 MESSAGE_TYPE = "sisy.run"
-#: Wake-ups being sent at once by one process.
-MAX_IN_FLIGHT = 32
 
 
 def run_message(run: Run) -> dict:
@@ -72,68 +71,111 @@ local_wakeup = LocalWakeup()
 
 
 class Sender:
-    """A background thread with one event loop that sends channel-layer messages."""
+    """A background thread with one event loop that sends wake-ups in batches.
+
+    ``send()`` only appends to a list and returns; the thread takes everything
+    waiting, groups it by channel, and sends each group at once. For
+    channels-redis that is one ``ZADD`` of many members (the layer's own
+    serialisation and key layout, two round trips per batch instead of four
+    per message); other layers get ``layer.send`` per message.
+    """
 
     def __init__(self):
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._condition = threading.Condition()
+        self._waiting: list[tuple[object, str, dict]] = []
+        self._busy = False
         self._thread: threading.Thread | None = None
         self._pid = None
-        self._lock = threading.Lock()
-        self._pending: set = set()
         self._last_warning = 0.0
-        self._in_flight: asyncio.Semaphore | None = None
 
-    def _start(self) -> asyncio.AbstractEventLoop:
-        with self._lock:
-            if self._loop is None or self._pid != os.getpid():
-                loop = asyncio.new_event_loop()
-                thread = threading.Thread(
-                    target=loop.run_forever, name="sisy-sender", daemon=True
-                )
-                thread.start()
-                self._loop, self._thread, self._pid = loop, thread, os.getpid()
-                self._in_flight = None
-            return self._loop
+    def _ensure_thread(self) -> None:
+        if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
+            self._pid = os.getpid()
+            self._waiting, self._busy = [], False
+            self._thread = threading.Thread(target=self._loop, name="sisy-sender", daemon=True)
+            self._thread.start()
 
     def send(self, layer, messages: Iterable[tuple[str, dict]]) -> None:
-        """Schedule the sends and return at once; failures are logged, not raised."""
-        loop = self._start()
-        for channel, message in messages:
-            future = asyncio.run_coroutine_threadsafe(self._send(layer, channel, message), loop)
-            self._pending.add(future)
-            future.add_done_callback(self._done)
+        """Queue messages for the sender thread and return at once."""
+        with self._condition:
+            self._ensure_thread()
+            self._waiting.extend((layer, channel, message) for channel, message in messages)
+            self._condition.notify_all()
 
-    async def _send(self, layer, channel: str, message: dict) -> None:
-        # Bound the sends in flight: the layer's connection pool is finite.
-        if self._in_flight is None:
-            self._in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
-        async with self._in_flight:
-            await layer.send(channel, message)
+    def _loop(self) -> None:
+        loop = asyncio.new_event_loop()
+        while True:
+            with self._condition:
+                self._condition.wait_for(lambda: self._waiting)
+                batch, self._waiting, self._busy = self._waiting, [], True
+            try:
+                loop.run_until_complete(self._send_batch(batch))
+            except Exception as exc:  # never let the sender thread die
+                self._warn(exc)
+            with self._condition:
+                self._busy = False
+                self._condition.notify_all()
 
-    def _done(self, future) -> None:
-        self._pending.discard(future)
-        if future.cancelled() or future.exception() is None:
-            return
-        exc = future.exception()
-        if isinstance(exc, ChannelFull):
-            # Workers are busy and already have plenty of wake-ups; they poll the table.
-            logger.debug("Channel full; the run stays queued for a polling worker.")
-            return
+    async def _send_batch(self, batch) -> None:
+        groups: dict[tuple[int, str], tuple[object, list[dict]]] = {}
+        for layer, channel, message in batch:
+            groups.setdefault((id(layer), channel), (layer, []))[1].append(message)
+        for (_, channel), (layer, messages) in groups.items():
+            try:
+                if _batchable(layer, channel):
+                    await _zadd_many(layer, channel, messages)
+                else:
+                    for message in messages:
+                        await layer.send(channel, message)
+            except ChannelFull:
+                # Workers are busy and already have plenty of wake-ups; they poll the table.
+                logger.debug("Channel %s is full; runs stay queued for polling workers.", channel)
+            except Exception as exc:
+                self._warn(exc)
+
+    def _warn(self, exc: BaseException) -> None:
         now = time.monotonic()
         if now - self._last_warning > 10:
             self._last_warning = now
             logger.warning(
-                "Could not send a Sisy wake-up message (%r); the run stays queued and is "
-                "picked up by a polling worker or sent again by the scheduler.", exc,
+                "Could not send Sisy wake-up messages (%r); the runs stay queued and are "
+                "picked up by polling workers or sent again by the scheduler.", exc,
             )
 
-    def flush(self, timeout: float = 5.0) -> None:
-        """Wait up to ``timeout`` seconds for the messages still being sent."""
-        for future in list(self._pending):
-            try:
-                future.result(timeout=timeout)
-            except Exception:  # already logged by _done
-                pass
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait up to ``timeout`` seconds until every queued message has been handled."""
+        with self._condition:
+            if self._thread is None or self._pid != os.getpid():
+                return True
+            return self._condition.wait_for(
+                lambda: not self._waiting and not self._busy, timeout=timeout)
+
+
+def _batchable(layer, channel: str) -> bool:
+    try:
+        from channels_redis.core import RedisChannelLayer
+    except ImportError:  # pragma: no cover - channels-redis is a dependency
+        return False
+    return (isinstance(layer, RedisChannelLayer) and "!" not in channel
+            and all(hasattr(layer, a) for a in ("prefix", "expiry", "ring_size", "serialize")))
+
+
+async def _zadd_many(layer, channel: str, messages: list[dict]) -> None:
+    """Add many messages to a channels-redis channel the way ``layer.send`` stores one."""
+    key = layer.prefix + channel
+    connection = layer.connection(random.randrange(layer.ring_size))
+    now = time.time()
+    async with connection.pipeline(transaction=False) as pipe:
+        pipe.zremrangebyscore(key, min=0, max=int(now) - int(layer.expiry))
+        pipe.zcount(key, "-inf", "+inf")
+        _, size = await pipe.execute()
+    room = layer.get_capacity(channel) - size
+    if room <= 0:
+        raise ChannelFull()
+    async with connection.pipeline(transaction=False) as pipe:
+        pipe.zadd(key, {layer.serialize(m): now for m in messages[:room]})
+        pipe.expire(key, int(layer.expiry))
+        await pipe.execute()
 
 
 sender = Sender()

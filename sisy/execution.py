@@ -16,7 +16,14 @@ import traceback
 from datetime import datetime, timedelta
 
 from asgiref.sync import async_to_sync
-from django.db import IntegrityError, close_old_connections, connection, transaction
+from django.db import (
+    DEFAULT_DB_ALIAS,
+    IntegrityError,
+    close_old_connections,
+    connection,
+    connections,
+    transaction,
+)
 from django.utils import timezone
 from pydantic_core import PydanticSerializationError, to_jsonable_python
 
@@ -27,7 +34,7 @@ from sisy.exceptions import UnknownTask
 from sisy.models import Run, Task
 from sisy.registry import registry
 
-__all__ = ["claim", "claim_next", "execute", "execute_eagerly", "schedule_retry", "finish"]
+__all__ = ["claim", "claim_batch", "claim_next", "execute", "execute_eagerly", "schedule_retry", "finish"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +48,44 @@ def _skip_overlap(run_id: int, now: datetime) -> None:
     )
 
 
+def _columns():
+    fields = Run._meta.concrete_fields
+    return [f.attname for f in fields], ", ".join(f.column for f in fields)
+
+
+def _from_rows(cursor_rows, using: str) -> list[Run]:
+    """Build ``Run`` instances from raw rows, through the same converters the ORM uses."""
+    names, _ = _columns()
+    conn = connections[using]
+    converters = []
+    for index, field in enumerate(Run._meta.concrete_fields):
+        col = field.get_col(Run._meta.db_table)
+        funcs = conn.ops.get_db_converters(col) + field.get_db_converters(conn)
+        if funcs:
+            converters.append((index, col, funcs))
+    runs = []
+    for row in cursor_rows:
+        row = list(row)
+        for index, col, funcs in converters:
+            for func in funcs:
+                row[index] = func(row[index], col, conn)
+        runs.append(Run.from_db(using, names, row))
+    return runs
+
+
+def _claim_sql(where: str, params: list, worker: str, now: datetime,
+               using: str = DEFAULT_DB_ALIAS) -> list[Run]:
+    """``UPDATE ... SET status='running' WHERE <where> RETURNING *`` in one round trip."""
+    _, returning = _columns()
+    table = Run._meta.db_table
+    sql = (f"UPDATE {table} SET status = %s, started_at = %s, worker = %s "
+           f"WHERE {where} RETURNING {returning}")
+    conn = connections[using]
+    with conn.cursor() as cursor:
+        cursor.execute(sql, [Status.RUNNING, now, worker, *params])
+        return _from_rows(cursor.fetchall(), using)
+
+
 def claim(run_id: int, worker: str, *, name: str | None = None,
           now: datetime | None = None) -> Run | None:
     """Move run ``run_id`` from queued to running for ``worker``; return it or ``None``.
@@ -50,37 +95,50 @@ def claim(run_id: int, worker: str, *, name: str | None = None,
     another run of its task is running.
     """
     now = now or timezone.now()
-    runs = Run.objects.filter(pk=run_id, status=Status.QUEUED, not_before__lte=now)
+    where = "id = %s AND status = %s AND not_before <= %s"
+    params = [run_id, Status.QUEUED, now]
     if name is not None:
-        runs = runs.filter(task_name=name)
+        where += " AND task_name = %s"
+        params.append(name)
     # Inside a caller's transaction, a savepoint keeps a lost overlap race recoverable;
     # in autocommit (a worker) the single UPDATE is atomic by itself.
     guard = transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext()
     try:
         with guard:
-            won = runs.update(status=Status.RUNNING, started_at=now, worker=worker)
+            runs = _claim_sql(where, params, worker, now)
     except IntegrityError:
         _skip_overlap(run_id, now)
         return None
-    if not won:
-        return None
-    return Run.objects.select_related("task").get(pk=run_id)
+    return runs[0] if runs else None
+
+
+def claim_batch(channels: list[str], worker: str, *, now: datetime | None = None,
+                limit: int = 1) -> list[Run]:
+    """Claim up to ``limit`` due queued runs on ``channels``, oldest first, in one statement.
+
+    Runs of tasks that forbid overlap are left to :func:`claim_next`, which
+    claims them one at a time under the ``sisy_run_no_overlap`` index.
+    """
+    now = now or timezone.now()
+    table = Run._meta.db_table
+    marks = ", ".join(["%s"] * len(channels))
+    skip_locked = connection.features.has_select_for_update_skip_locked
+    lock = " FOR UPDATE SKIP LOCKED" if skip_locked else ""
+    where = (f"id IN (SELECT id FROM {table} WHERE status = %s AND not_before <= %s "
+             f"AND channel IN ({marks}) AND NOT exclusive ORDER BY not_before, id "
+             f"LIMIT %s{lock})")
+    return _claim_sql(where, [Status.QUEUED, now, *channels, limit], worker, now)
 
 
 def claim_next(channels: list[str], worker: str, *, now: datetime | None = None) -> Run | None:
     """Claim the oldest due queued run on ``channels`` (the polling path)."""
     now = now or timezone.now()
-    queued = Run.objects.filter(status=Status.QUEUED, not_before__lte=now, channel__in=channels)
-    for _ in range(5):
-        with transaction.atomic():
-            candidate = (
-                queued.select_for_update(skip_locked=True)
-                .order_by("not_before", "id")
-                .values_list("pk", flat=True)
-                .first()
-            )
-        if candidate is None:
-            return None
+    runs = claim_batch(channels, worker, now=now, limit=1)
+    if runs:
+        return runs[0]
+    exclusive = Run.objects.filter(status=Status.QUEUED, not_before__lte=now,
+                                   channel__in=channels, exclusive=True)
+    for candidate in exclusive.order_by("not_before", "id").values_list("pk", flat=True)[:5]:
         run = claim(candidate, worker, now=now)
         if run is not None:
             return run
@@ -89,7 +147,9 @@ def claim_next(channels: list[str], worker: str, *, now: datetime | None = None)
 
 def _error_text(exc: BaseException) -> tuple[str, str]:
     kind = type(exc)
-    name = f"{kind.__module__}.{kind.__qualname__}" if kind.__module__ != "builtins" else kind.__qualname__
+    name = kind.__qualname__
+    if kind.__module__ != "builtins":
+        name = f"{kind.__module__}.{name}"
     text = f"{name}: {exc}\n\n" + "".join(traceback.format_exception(exc))
     return name, text
 
@@ -183,7 +243,7 @@ def execute(run: Run, *, manage_connections: bool = True) -> Run:
             ) from None
         outcome = {"result": result}
         status = Status.SUCCEEDED
-    except BaseException as exc:  # noqa: BLE001 - a task must never take the worker down
+    except BaseException as exc:  # a task must never take the worker down
         error_type, error = _error_text(exc)
         outcome = {"error": error, "error_type": error_type}
         status = Status.FAILED
@@ -197,7 +257,8 @@ def execute(run: Run, *, manage_connections: bool = True) -> Run:
         retries, backoff = _retry_policy(definition, run)
         retry = schedule_retry(run, now, retries, backoff)
         if retry is not None:
-            logger.info("Run %s will be retried as run %s at %s", run.pk, retry.pk, retry.not_before)
+            logger.info("Run %s will be retried as run %s at %s",
+                        run.pk, retry.pk, retry.not_before)
     signals.run_finished.send(sender=definition, run=run, status=status)
     if manage_connections:
         close_old_connections()

@@ -153,76 +153,95 @@ class Worker:
             done += 1
         return done
 
-    # -- the loops -----------------------------------------------------------------
-    async def _guarded(self, func, *args):
-        """Run ``func`` in a thread; a database outage is logged, not fatal."""
+    # -- the loops: one per thread, each with its own event loop for receiving -------------
+    def _guarded(self, func, *args):
+        """Run ``func``; a database outage or a bug is logged and waited out, never fatal."""
         try:
-            return await asyncio.to_thread(func, *args)
+            return func(*args)
         except DatabaseError as exc:
             logger.warning("Worker %s lost the database (%s); retrying.", self.name, exc)
-            await asyncio.to_thread(close_old_connections)
-            await asyncio.sleep(1.0)
-            return None
+        except Exception:  # the worker must outlive anything
+            logger.exception("Worker %s hit an unexpected error; continuing.", self.name)
+        close_old_connections()
+        self.stop_event.wait(1.0)
+        return None
 
-    async def _consume_layer(self, layer, channel: str) -> None:
+    def _consume_layer(self, layer, channel: str) -> None:
+        loop = asyncio.new_event_loop()
         backoff = 0.1
-        while not self.stop_event.is_set():
-            try:
-                message = await asyncio.wait_for(layer.receive(channel), self.poll_interval)
-            except TimeoutError:
-                await self._guarded(self.drain)
-                continue
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # a bad message or a lost Redis must not kill us
-                logger.warning("Worker %s could not receive on %s: %r; retrying in %.1f s.",
-                               self.name, channel, exc, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF)
-                continue
-            backoff = 0.1
-            await self._guarded(self.handle_message, message)
+        try:
+            while not self.stop_event.is_set():
+                try:
+                    message = loop.run_until_complete(
+                        asyncio.wait_for(layer.receive(channel), self.poll_interval))
+                except TimeoutError:
+                    self._guarded(self.drain)
+                    continue
+                except Exception as exc:  # a bad message or a lost Redis must not kill us
+                    logger.warning("Worker %s could not receive on %s: %r; retrying in %.1f s.",
+                                   self.name, channel, exc, backoff)
+                    self.stop_event.wait(backoff)
+                    backoff = min(backoff * 2, MAX_BACKOFF)
+                    continue
+                backoff = 0.1
+                self._guarded(self.handle_message, message)
+                self._guarded(self.drain)
+        finally:
+            _close_loop(loop)
+            connection.close()
 
-    async def _consume_local(self) -> None:
+    def _consume_local(self) -> None:
         seen = dispatch.local_wakeup.generation
-        while not self.stop_event.is_set():
-            await self._guarded(self.drain)
-            seen = await asyncio.to_thread(
-                dispatch.local_wakeup.wait, seen, min(self.poll_interval, 1.0)
-            )
+        try:
+            while not self.stop_event.is_set():
+                self._guarded(self.drain)
+                seen = dispatch.local_wakeup.wait(seen, min(self.poll_interval, 1.0))
+        finally:
+            connection.close()
 
-    async def _main(self) -> None:
+    def _consumers(self):
         layer = get_channel_layer(self.layer_alias)
         if layer is None or isinstance(layer, InMemoryChannelLayer):
-            consumers = [self._consume_local() for _ in range(self.concurrency)]
-        else:
-            consumers = [
-                self._consume_layer(layer, channel)
-                for channel in self.channels
-                for _ in range(self.concurrency)
-            ]
-        await asyncio.gather(*consumers)
+            return [(self._consume_local, ()) for _ in range(self.concurrency)]
+        return [(self._consume_layer, (layer, channel))
+                for channel in self.channels for _ in range(self.concurrency)]
 
     def request_stop(self) -> None:
         self.stop_event.set()
         dispatch.local_wakeup.notify()
 
     def run(self, stop_event: threading.Event | None = None) -> None:
-        """Work until ``stop_event`` (or :meth:`request_stop`) says stop."""
+        """Work until ``stop_event`` (or :meth:`request_stop`) says stop.
+
+        Each consumer runs in its own thread; this thread only waits, so that
+        signal handlers run at once.
+        """
         if stop_event is not None:
             self.stop_event = stop_event
         heartbeat = Heartbeat(self.name, ",".join(self.channels), get_settings().WORKER_HEARTBEAT)
         heartbeat.start()
         logger.info("Worker %s listening on %s", self.name, ", ".join(self.channels))
-        watcher = threading.Thread(target=self._watch_stop, daemon=True)
-        watcher.start()
+        threads = [threading.Thread(target=target, args=args, name=f"sisy-worker-{i}", daemon=True)
+                   for i, (target, args) in enumerate(self._consumers())]
+        for thread in threads:
+            thread.start()
         try:
-            asyncio.run(self._main())
+            while any(thread.is_alive() for thread in threads):
+                if self.stop_event.wait(0.5):
+                    dispatch.local_wakeup.notify()
+                    for thread in threads:
+                        thread.join()
         finally:
+            self.stop_event.set()
             heartbeat.stop()
             close_old_connections()
             logger.info("Worker %s stopped after %d runs", self.name, self.processed)
 
-    def _watch_stop(self) -> None:
-        self.stop_event.wait()
-        dispatch.local_wakeup.notify()
+
+def _close_loop(loop: asyncio.AbstractEventLoop) -> None:
+    pending = [task for task in asyncio.all_tasks(loop) if not task.done()]
+    for task in pending:
+        task.cancel()
+    if pending:
+        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+    loop.close()

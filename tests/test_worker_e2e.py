@@ -66,6 +66,21 @@ class Processes:
                 proc.wait()
 
 
+@pytest.fixture(autouse=True)
+def empty_redis_channels(settings):
+    """Start each test with no wake-ups left in Redis by an earlier one."""
+    config = settings.CHANNEL_LAYERS["default"].get("CONFIG", {})
+    if "channels_redis" not in settings.CHANNEL_LAYERS["default"]["BACKEND"]:
+        return
+    import redis
+
+    client = redis.Redis.from_url(config["hosts"][0]["address"])
+    keys = list(client.scan_iter(match=f"{config.get('prefix', 'asgi')}*"))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
 @pytest.fixture
 def procs():
     started = Processes()

@@ -1,0 +1,6 @@
+import sisy
+
+
+@sisy.task(name="bench.noop")
+def noop(i: int) -> None:
+    return None

@@ -1,0 +1,85 @@
+"""Helpers shared by the benchmark scripts: database setup, subprocesses, tables."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def env(mode: str = "pg", **extra) -> dict:
+    full = dict(os.environ)
+    full.update({"DJANGO_SETTINGS_MODULE": "extra.bench.settings", "SISY_BENCH_MODE": mode,
+                 "PYTHONPATH": str(ROOT)})
+    full.update(extra)
+    return full
+
+
+def setup_django(mode: str = "pg") -> None:
+    os.environ.update(env(mode))
+    if mode == "pg":
+        import psycopg
+
+        with psycopg.connect("host=127.0.0.1 user=postgres dbname=postgres",
+                             autocommit=True) as conn:
+            exists = conn.execute(
+                "SELECT 1 FROM pg_database WHERE datname = %s",
+                [os.environ.get("SISY_BENCH_DB", "sisy_bench")]).fetchone()
+            if not exists:
+                conn.execute(f'CREATE DATABASE {os.environ.get("SISY_BENCH_DB", "sisy_bench")}')
+    else:
+        path = os.environ.get("SISY_BENCH_SQLITE", "/tmp/sisy-bench.sqlite3")
+        for suffix in ("", "-wal", "-shm"):
+            if os.path.exists(path + suffix):
+                os.remove(path + suffix)
+    import django
+    from django.core.management import call_command
+
+    django.setup()
+    call_command("migrate", verbosity=0)
+
+
+def manage(*args, mode="pg", **extra) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "django", *args], env=env(mode, **extra),
+                            cwd=ROOT)
+
+
+def rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def percentile(values, q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def median(values) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.01) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return False
+
+
+def table(headers, rows) -> str:
+    cells = [list(map(str, headers))] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
