@@ -24,7 +24,7 @@ import logging
 import threading
 import time
 import weakref
-from collections import deque
+from collections import defaultdict, deque
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
@@ -33,7 +33,6 @@ from django.db import (
     IntegrityError,
     InterfaceError,
     OperationalError,
-    close_old_connections,
     connections,
     transaction,
 )
@@ -92,50 +91,52 @@ class Plan:
     dropped: int | None = 0  # missed slots not fired; None: more than we counted
 
 
-def _recent_slots(row: Task, first: datetime, now: datetime, limit: int):
-    """The last ``limit`` slots in ``[first, now]``, oldest first, and how many were dropped.
+def _recent_slots(first: datetime, now: datetime, limit: int, next_slot):
+    """The last ``limit`` slots in ``[first, now]``, oldest first, and what follows them.
 
-    ``first`` (the row's ``next_run``) counts as a slot. The search widens a
-    window back from ``now`` instead of walking from ``first``, so a weekend
-    of missed every-second slots costs a few dozen cron steps, not 170,000.
-    The dropped count is ``None`` when it was not worth counting.
+    Returns ``(slots, dropped, following)``: ``dropped`` counts the earlier
+    slots left out (``None`` when it was not worth counting) and ``following``
+    is the first slot after ``now`` (``None``: no slot left). ``first`` (the
+    row's ``next_run``) counts as a slot. The search widens a window back
+    from ``now`` instead of walking from ``first``, so a weekend of missed
+    every-second slots costs a few dozen cron steps, not 170,000.
     """
     width = timedelta(seconds=2)
     while True:
         from_first = now - first <= width
         found: deque[datetime] = deque(maxlen=limit)
         count = 0
-        slot = first if from_first else row.next_slot(now - width)
+        slot = first if from_first else next_slot(now - width)
         while slot is not None and slot <= now:
             found.append(slot)
             count += 1
-            slot = row.next_slot(slot)
+            slot = next_slot(slot)
         if from_first:
-            return list(found), count - len(found)
+            return list(found), count - len(found), slot
         if count >= limit:
-            return list(found), None
+            return list(found), None, slot
         width *= 8
 
 
-def plan_slots(row: Task, now: datetime, *, running: bool, grace: timedelta) -> Plan:
+def plan_slots(row: Task, now: datetime, *, running: bool, grace: timedelta,
+               next_slot: Callable[[datetime], datetime | None] | None = None) -> Plan:
     """Decide what to do with a row whose ``next_run`` is due at ``now``.
 
     ``running`` says whether a run of the task is running now (for
     ``allow_overlap=False``); ``grace`` is how late a slot may be seen before
-    it counts as missed (``catch_up="skip"``). Raises
+    it counts as missed (``catch_up="skip"``); ``next_slot`` replaces
+    ``row.next_slot`` (the scheduler passes a memoised one). Raises
     :class:`~sisy.exceptions.InvalidSchedule` for a schedule or timezone that
     is not valid.
     """
     validate_schedule(row.schedule, task_name=str(row))
     row.get_timezone()
-    first = row.next_run
-    if row.catch_up == Task.CatchUp.ALL:
-        slots, dropped = _recent_slots(row, first, now, CATCH_UP_LIMIT)
-    else:
-        slots, dropped = _recent_slots(row, first, now, 1)
-        if row.catch_up == Task.CatchUp.SKIP and slots and now - slots[-1] > grace:
-            slots, dropped = [], None
-    plan = Plan(next_run=row.next_slot(now), iterations=row.iterations, dropped=dropped)
+    next_slot = next_slot or row.next_slot
+    limit = CATCH_UP_LIMIT if row.catch_up == Task.CatchUp.ALL else 1
+    slots, dropped, following = _recent_slots(row.next_run, now, limit, next_slot)
+    if row.catch_up == Task.CatchUp.SKIP and slots and now - slots[-1] > grace:
+        slots, dropped = [], None
+    plan = Plan(next_run=following, iterations=row.iterations, dropped=dropped)
     for slot in slots:
         if row.start_deadline is not None and now - slot > row.start_deadline:
             plan.skip.append((slot, (
@@ -243,7 +244,6 @@ class Scheduler:
         synced = False
         while not stop_event.is_set():
             try:
-                close_old_connections()
                 if not synced:
                     from sisy.sync import sync_tasks
 
@@ -316,9 +316,11 @@ class Scheduler:
         if conf.RETENTION is not None and (self._next_prune is None or now >= self._next_prune):
             self.prune(now, conf)
             self._next_prune = now + timedelta(seconds=PRUNE_INTERVAL)
-        self.fire_due(now, conf)
-        wake_at = [now + timedelta(seconds=limit), self._next_recovery]
         self._due_at = self._earliest_next_run() if conf.ENABLED else None
+        if self._due_at is not None and self._due_at <= now:
+            self.fire_due(now, conf)
+            self._due_at = self._earliest_next_run()
+        wake_at = [now + timedelta(seconds=limit), self._next_recovery]
         if self._due_at is not None:
             wake_at.append(self._due_at)
         deferred = self._earliest_deferred(now)
@@ -367,6 +369,14 @@ class Scheduler:
         return fired
 
     def _fire_batch(self, now: datetime, conf: SisySettings) -> tuple[list[Run], int]:
+        """Fire up to :data:`FIRE_BATCH` due rows in one transaction.
+
+        The rows are locked ``FOR UPDATE SKIP LOCKED``, so other schedulers
+        take other rows meanwhile. Rows are advanced with conditional updates
+        (``WHERE next_run = <value read>``), one statement per group of rows
+        that read and get the same values (a burst of identical schedules is
+        a handful of statements), and only won rows get runs.
+        """
         tasks = Task.objects.using(self.using)
         with transaction.atomic(using=self.using):
             rows = list(
@@ -383,32 +393,54 @@ class Scheduler:
                 .values_list("task_id", flat=True)
             ) if exclusive else set()
             grace = timedelta(seconds=conf.HEARTBEAT_FREQUENCY)
-            runs: list[Run] = []
+            memo: dict = {}
+            groups: dict[tuple, list[tuple[Task, list[Run]]]] = defaultdict(list)
             for row in rows:
-                runs.extend(self._fire_row(row, now, conf, grace, row.pk in running))
+                values, runs = self._fire_row(row, now, conf, grace, row.pk in running, memo)
+                key = (row.next_run, tuple(sorted(values.items())))
+                groups[key].append((row, runs))
+            runs: list[Run] = []
+            for (old, values), members in groups.items():
+                runs.extend(self._advance(old, dict(values), members))
             return self._insert(runs), len(rows)
 
+    def _advance(self, old: datetime, values: dict, members) -> list[Run]:
+        """Apply ``values`` to rows still at ``next_run=old``; return the runs of those won."""
+        tasks = Task.objects.using(self.using)
+        ids = [row.pk for row, _ in members]
+        won = tasks.filter(pk__in=ids, next_run=old).update(**values)
+        if won == len(ids):
+            return [run for _, runs in members for run in runs]
+        # Only possible without row locks: keep the rows that now hold our values;
+        # the uniqueness of (task, scheduled_for) refuses any slot fired twice.
+        mine = set(tasks.filter(pk__in=ids, next_run=values["next_run"])
+                   .values_list("pk", flat=True))
+        return [run for row, runs in members if row.pk in mine for run in runs]
+
     def _fire_row(self, row: Task, now: datetime, conf: SisySettings, grace: timedelta,
-                  running: bool) -> list[Run]:
-        """Advance one due row (if this scheduler wins it) and return its unsaved runs."""
+                  running: bool, memo: dict) -> tuple[dict, list[Run]]:
+        """Plan one due row: the row's new values and its unsaved runs."""
         overrides = conf.overrides_for(row.name) if row.name else {}
-        claim = Task.objects.using(self.using).filter(pk=row.pk, next_run=row.next_run)
         if not row.is_switched_on(overrides):
-            claim.update(next_run=None)
             logger.info("Task %s is switched off; it is no longer scheduled.", row)
-            return []
+            return {"next_run": None}, []
+
+        def next_slot(after):
+            key = (row.schedule, row.timezone, row.start_running, row.end_running, after)
+            if key not in memo:
+                memo[key] = row.next_slot(after)
+            return memo[key]
+
         try:
-            plan = plan_slots(row, now, running=running, grace=grace)
+            plan = plan_slots(row, now, running=running, grace=grace, next_slot=next_slot)
         except Exception as exc:  # one bad row must not stop the others
-            return self._switch_off(row, claim, now, exc)
+            return self._switch_off(row, now, exc)
         values = {"next_run": plan.next_run, "iterations": plan.iterations}
         fired = plan.queue + [slot for slot, _ in plan.skip]
         if fired:
             values["last_run"] = max(fired)
         if plan.retire:
             values["enabled"] = False
-        if not claim.update(**values):
-            return []  # another scheduler fired this slot
         if plan.dropped != 0:
             logger.warning(
                 "Task %s missed slots since %s (catch_up=%s); %s not fired.",
@@ -416,7 +448,7 @@ class Scheduler:
                 "some" if plan.dropped is None else plan.dropped,
             )
         if plan.retire:
-            logger.info("Task %s retired: no slot left (iterations or end_running).", row)
+            logger.info("Task %s retires: no slot left (iterations or end_running).", row)
         base = {
             "task": row,
             "task_name": row.name or row.label or str(row),
@@ -431,17 +463,15 @@ class Scheduler:
                 error=reason, finished_at=now)
             for slot, reason in plan.skip
         ]
-        return runs
+        return values, runs
 
-    def _switch_off(self, row: Task, claim, now: datetime, exc: Exception) -> list[Run]:
+    def _switch_off(self, row: Task, now: datetime, exc: Exception) -> tuple[dict, list[Run]]:
         error = (
             f"Task {row} was switched off by the scheduler: {exc} "
             "Fix the row and switch it on again."
         )
-        if not claim.update(enabled=False, next_run=None):
-            return []
         logger.error("%s", error)
-        return [Run(
+        return {"enabled": False, "next_run": None}, [Run(
             task=row, task_name=row.name or row.label or str(row),
             channel=row.channel or get_settings().RUN_TASK_CHANNEL,
             scheduled_for=row.next_run, not_before=row.next_run, enqueued_at=now,
@@ -480,11 +510,13 @@ class Scheduler:
         conf = conf or get_settings()
         stale = now - timedelta(seconds=conf.REDELIVERY_INTERVAL)
         runs = Run.objects.using(self.using)
+        due = runs.filter(status=Status.QUEUED, not_before__lte=now).filter(
+            Q(sent_at__isnull=True) | Q(sent_at__lt=stale))
+        if not due.exists():
+            return []
         with transaction.atomic(using=self.using):
             batch = list(
-                runs.select_for_update(skip_locked=True)
-                .filter(status=Status.QUEUED, not_before__lte=now)
-                .filter(Q(sent_at__isnull=True) | Q(sent_at__lt=stale))
+                due.select_for_update(skip_locked=True)
                 .order_by("not_before", "id")
                 .only("id", "task_name", "channel")[:REDELIVERY_BATCH]
             )

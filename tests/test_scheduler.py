@@ -551,7 +551,6 @@ def test_run_survives_database_errors_and_stops_on_the_event(monkeypatch, caplog
     monkeypatch.setattr(Scheduler, "tick", tick)
     # Keep the test's transaction: closing connections is what run() does in production.
     monkeypatch.setattr(Scheduler, "_close_connection", lambda self: None)
-    monkeypatch.setattr(scheduler_module, "close_old_connections", lambda: None)
     caplog.set_level(logging.INFO, logger="sisy.scheduler")
 
     Scheduler(clock=lambda: NOW).run(stop)

@@ -1,0 +1,166 @@
+"""The scheduler's cost at 100 / 10,000 / 100,000 standing tasks, and a burst of due slots.
+
+    python -m extra.bench.scheduler_bench [--sizes 100,10000,100000] [--burst 10000]
+                                          [--idle-seconds 15]
+
+For each size, the ``sisy_task`` table of the PostgreSQL database
+``sisy_bench`` (``SISY_BENCH_DB`` to change it) is refilled with that many
+rows whose next slot is an hour or more away, and a fresh process measures:
+
+* start to first tick: from launching the process (Python, Django, sync) to
+  the end of its first tick;
+* idle tick: median and p99 of ``Scheduler.tick()`` with nothing due, and of a
+  full tick that also runs the recovery queries;
+* idle CPU: CPU-seconds the process uses per minute in ``Scheduler.run()``;
+* RSS after all of the above.
+
+Then ``--burst`` rows are all made due in the same second and one scheduler
+fires them: time from the slot to the last run committed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+from extra.bench import common
+
+FILL_SQL = """
+INSERT INTO sisy_task (name, label, source, schedule, timezone, enabled, paused, orphaned,
+    iterations, wait_for_schedule, allow_overlap, catch_up, retries, retry_backoff, channel,
+    running, userdata, func_info, created_at, modified_at, next_run)
+SELECT 'bench.t' || i, 'bench.t' || i, 'database', %s, '', true, false, false,
+    0, true, false, 'latest', 0, 1.0, '', false, '{}', '{}', now(), now(), {next_run}
+FROM generate_series(1, %s) AS i
+"""
+
+
+def fill(count: int, schedule: str, next_run_sql: str) -> None:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("TRUNCATE sisy_run, sisy_task RESTART IDENTITY CASCADE")
+        cursor.execute(FILL_SQL.replace("{next_run}", next_run_sql), [schedule, count])
+        cursor.execute("ANALYZE sisy_task")
+
+
+def child(mode: str, count: int, idle_seconds: float) -> dict:
+    process = subprocess.run(
+        [sys.executable, "-m", "extra.bench.scheduler_bench", "--child", mode,
+         "--idle-seconds", str(idle_seconds)],
+        env=common.env("pg", BENCH_LAUNCH=repr(time.time()), BENCH_COUNT=str(count)),
+        cwd=common.ROOT, capture_output=True, text=True, check=True,
+    )
+    return json.loads(process.stdout.strip().splitlines()[-1])
+
+
+def measure_idle(idle_seconds: float) -> dict:
+    import django
+
+    django.setup()
+    from django.utils import timezone
+
+    from sisy.scheduler import Scheduler
+    from sisy.sync import sync_tasks
+
+    scheduler = Scheduler()
+    sync_tasks()
+    scheduler.tick(timezone.now())
+    first_tick = time.time() - float(os.environ["BENCH_LAUNCH"])
+
+    ticks, full = [], []
+    for _ in range(300):
+        begin = time.perf_counter()
+        scheduler.tick(timezone.now())
+        ticks.append(time.perf_counter() - begin)
+    for _ in range(100):
+        scheduler._next_recovery = None
+        begin = time.perf_counter()
+        scheduler.tick(timezone.now())
+        full.append(time.perf_counter() - begin)
+
+    stop = threading.Event()
+    loop = threading.Thread(target=scheduler.run, args=(stop,))
+    loop.start()
+    time.sleep(1.0)  # past the start-up sync
+    cpu = time.process_time()
+    time.sleep(idle_seconds)
+    cpu = time.process_time() - cpu
+    stop.set()
+    loop.join()
+    return {
+        "first_tick_s": first_tick,
+        "tick_ms": common.median(ticks) * 1000, "tick_p99_ms": common.percentile(ticks, .99) * 1000,
+        "full_tick_ms": common.median(full) * 1000,
+        "cpu_s_per_min": cpu * 60 / idle_seconds,
+        "rss_mib": common.rss_mib(os.getpid()),
+    }
+
+
+def measure_burst() -> dict:
+    import django
+
+    django.setup()
+    from datetime import UTC, datetime, timedelta
+
+    from sisy.dispatch import sender
+    from sisy.models import Run, Task
+    from sisy.scheduler import Scheduler
+
+    scheduler = Scheduler()
+    slot = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=2)
+    Task.objects.update(next_run=slot)
+    time.sleep(max(0.0, (slot - datetime.now(UTC)).total_seconds()))
+    fired = scheduler.fire_due(datetime.now(UTC))
+    elapsed = (datetime.now(UTC) - slot).total_seconds()
+    sender.flush(30)
+    sent = (datetime.now(UTC) - slot).total_seconds()
+    return {"runs": Run.objects.filter(scheduled_for=slot).count(), "fired": len(fired),
+            "fire_s": elapsed, "sent_s": sent, "rss_mib": common.rss_mib(os.getpid())}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="100,10000,100000")
+    parser.add_argument("--burst", type=int, default=10_000)
+    parser.add_argument("--idle-seconds", type=float, default=15.0)
+    parser.add_argument("--child", choices=["idle", "burst"])
+    options = parser.parse_args()
+    if options.child == "idle":
+        print(json.dumps(measure_idle(options.idle_seconds)))
+        return
+    if options.child == "burst":
+        print(json.dumps(measure_burst()))
+        return
+
+    common.setup_django("pg")
+    rows = []
+    for count in map(int, options.sizes.split(",")):
+        fill(count, "0 * * * *", "now() + interval '1 hour' + i * interval '1 second'")
+        r = child("idle", count, options.idle_seconds)
+        rows.append([f"{count:,}", f"{r['first_tick_s']:.2f}", f"{r['tick_ms']:.2f}",
+                     f"{r['tick_p99_ms']:.2f}", f"{r['full_tick_ms']:.2f}",
+                     f"{r['cpu_s_per_min']:.3f}", f"{r['rss_mib']:.1f}"])
+    print("Scheduler, idle (PostgreSQL, nothing due)")
+    print(common.table(["tasks", "start→1st tick s", "tick ms p50", "tick ms p99",
+                        "full tick ms p50", "idle CPU-s/min", "RSS MiB"], rows))
+    if options.burst:
+        fill(options.burst, "* * * * * *", "now() + interval '1 hour'")
+        r = child("burst", options.burst, 0)
+        print()
+        print(f"Burst: {options.burst:,} tasks due in the same second")
+        print(common.table(
+            ["runs created", "fired by this scheduler", "slot→all committed s",
+             "slot→all wake-ups sent s", "RSS MiB"],
+            [[f"{r['runs']:,}", f"{r['fired']:,}", f"{r['fire_s']:.2f}", f"{r['sent_s']:.2f}",
+              f"{r['rss_mib']:.1f}"]],
+        ))
+
+
+if __name__ == "__main__":
+    main()
