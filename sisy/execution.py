@@ -19,7 +19,6 @@ from asgiref.sync import async_to_sync
 from django.db import (
     DEFAULT_DB_ALIAS,
     IntegrityError,
-    close_old_connections,
     connection,
     connections,
     transaction,
@@ -29,6 +28,7 @@ from pydantic_core import PydanticSerializationError, to_jsonable_python
 
 from sisy import signals
 from sisy.conf import get_settings
+from sisy.connections import tidy_connections
 from sisy.context import TaskContext
 from sisy.exceptions import UnknownTask
 from sisy.models import Run, Task
@@ -223,7 +223,7 @@ def execute(run: Run, *, manage_connections: bool = True) -> Run:
     around each request.
     """
     if manage_connections:
-        close_old_connections()
+        tidy_connections()
     definition = None
     context = None
     try:
@@ -261,7 +261,7 @@ def execute(run: Run, *, manage_connections: bool = True) -> Run:
                         run.pk, retry.pk, retry.not_before)
     signals.run_finished.send(sender=definition, run=run, status=status)
     if manage_connections:
-        close_old_connections()
+        tidy_connections()
     return run
 
 

@@ -19,11 +19,12 @@ import threading
 import uuid
 
 from channels.layers import InMemoryChannelLayer, get_channel_layer
-from django.db import DatabaseError, close_old_connections, connection
+from django.db import DatabaseError, connection
 from django.utils import timezone
 
 from sisy import dispatch
 from sisy.conf import get_settings
+from sisy.connections import tidy_connections
 from sisy.execution import claim, claim_next, execute
 from sisy.models import Worker as WorkerRow
 
@@ -79,7 +80,7 @@ class Heartbeat:
                 self._beat()
             except DatabaseError as exc:
                 logger.warning("Worker %s could not write its heartbeat: %s", self.name, exc)
-                close_old_connections()
+                tidy_connections()
         connection.close()
 
     def start(self) -> None:
@@ -122,9 +123,9 @@ class Worker:
         execute(run, manage_connections=self.manage_connections)
         self.processed += 1
 
-    def _close_old_connections(self) -> None:
+    def _tidy_connections(self) -> None:
         if self.manage_connections:
-            close_old_connections()
+            tidy_connections()
 
     def handle_message(self, message: object) -> bool:
         """Claim and run the run a message names; False if it was refused or lost."""
@@ -133,7 +134,7 @@ class Worker:
             logger.warning("Worker %s refused a malformed message: %s", self.name, _short(message))
             return False
         run_id, name = parsed
-        self._close_old_connections()
+        self._tidy_connections()
         run = claim(run_id, self.name, name=name)
         if run is None:
             logger.debug("Run %s (%s) was not claimable; another worker has it.", run_id, name)
@@ -144,7 +145,7 @@ class Worker:
     def drain(self) -> int:
         """Claim and run due queued runs until none is left or we are asked to stop."""
         done = 0
-        self._close_old_connections()
+        self._tidy_connections()
         while not self.stop_event.is_set():
             run = claim_next(self.channels, self.name)
             if run is None:
@@ -162,7 +163,7 @@ class Worker:
             logger.warning("Worker %s lost the database (%s); retrying.", self.name, exc)
         except Exception:  # the worker must outlive anything
             logger.exception("Worker %s hit an unexpected error; continuing.", self.name)
-        close_old_connections()
+        tidy_connections()
         self.stop_event.wait(1.0)
         return None
 
@@ -234,7 +235,7 @@ class Worker:
         finally:
             self.stop_event.set()
             heartbeat.stop()
-            close_old_connections()
+            tidy_connections()
             logger.info("Worker %s stopped after %d runs", self.name, self.processed)
 
 

@@ -1,0 +1,28 @@
+"""Database connection upkeep for Sisy's long-lived processes."""
+
+from django.db import connections
+
+__all__ = ["tidy_connections"]
+
+
+def tidy_connections() -> None:
+    """``close_old_connections()`` for workers and schedulers.
+
+    Django closes a connection after each request when ``CONN_MAX_AGE`` is 0.
+    A worker runs thousands of short runs, and reconnecting for each costs
+    more than the run (5–10 ms against PostgreSQL), so with ``CONN_MAX_AGE =
+    0`` a Sisy process keeps a connection while it works and closes it only
+    when it is broken. A positive ``CONN_MAX_AGE`` is honoured as usual.
+    """
+    for conn in connections.all(initialized_only=True):
+        if conn.connection is None or conn.in_atomic_block:
+            continue
+        if conn.settings_dict.get("CONN_MAX_AGE") != 0:
+            conn.close_if_unusable_or_obsolete()
+        elif conn.get_autocommit() != conn.settings_dict["AUTOCOMMIT"]:
+            conn.close()
+        elif conn.errors_occurred:
+            if conn.is_usable():
+                conn.errors_occurred = False
+            else:
+                conn.close()
