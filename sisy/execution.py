@@ -34,7 +34,9 @@ from sisy.exceptions import UnknownTask
 from sisy.models import Run, Task
 from sisy.registry import registry
 
-__all__ = ["claim", "claim_batch", "claim_next", "execute", "execute_eagerly", "schedule_retry", "finish"]
+__all__ = [
+    "claim", "claim_batch", "claim_next", "execute", "execute_eagerly", "schedule_retry", "finish",
+]
 
 logger = logging.getLogger(__name__)
 

@@ -51,7 +51,9 @@ class Task(models.Model):
     iterations = models.PositiveIntegerField(
         default=0, help_text="Runs left before the task retires; 0 means no limit."
     )
-    start_running = models.DateTimeField(null=True, blank=True, help_text="Fire no slot before this.")
+    start_running = models.DateTimeField(
+        null=True, blank=True, help_text="Fire no slot before this."
+    )
     end_running = models.DateTimeField(null=True, blank=True, help_text="Fire no slot after this.")
     wait_for_schedule = models.BooleanField(
         default=True, help_text="False: the first run starts at once instead of at the first slot."

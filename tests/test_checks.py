@@ -34,6 +34,7 @@ def redis_layer(*hosts, **config):
 
 # -- good configurations --------------------------------------------------------------------
 
+@pytest.mark.django_db  # Django 6.1's own checks ask SQLite about JSON support
 def test_the_test_settings_pass_every_check(sisy_settings):
     sisy_settings(TASKS={"reports.*": {"schedule": "0 7 * * *"}, "reports.weekly": {}})
     assert sisy_messages() == []
@@ -99,6 +100,7 @@ def test_several_setting_errors_are_each_reported(sisy_settings):
     assert sorted(ids(sisy_messages())) == ["sisy.E001", "sisy.E002", "sisy.E003"]
 
 
+@pytest.mark.django_db  # Django 6.1's own checks ask SQLite about JSON support
 def test_manage_py_check_fails_on_a_settings_error(sisy_settings):
     sisy_settings(ENABELD=False)
     with pytest.raises(SystemCheckError, match=r"\(sisy.E001\) SISY\['ENABELD'\] is not a Sisy"):

@@ -5,8 +5,8 @@ expect exactly the recorded outcome.
 """
 
 import datetime
-import re
 import decimal
+import re
 import uuid
 from datetime import timedelta
 
@@ -93,7 +93,8 @@ def test_using_run_after_defers_the_run():
 
 
 def test_using_refuses_bad_run_after():
-    with pytest.raises(sisy.InvalidTaskDefinition, match="must be a datetime or a timedelta, not int"):
+    with pytest.raises(sisy.InvalidTaskDefinition,
+                       match="must be a datetime or a timedelta, not int"):
         tasks.add.using(run_after=5)
     with pytest.raises(sisy.InvalidTaskDefinition, match="must be timezone-aware"):
         tasks.add.using(run_after=datetime.datetime(2030, 1, 1))
@@ -166,7 +167,8 @@ def test_failure_records_type_message_and_traceback():
     assert (run.status, run.error_type) == ("failed", "ValueError")
     assert run.error.startswith("ValueError: bad input\n\nTraceback (most recent call last):")
     assert 'raise ValueError(message)' in run.error
-    with pytest.raises(RunFailed, match=r"Run \d+ of task 'testapp.fail' failed: ValueError: bad input") as info:
+    expected = r"Run \d+ of task 'testapp.fail' failed: ValueError: bad input"
+    with pytest.raises(RunFailed, match=expected) as info:
         run.wait(timeout=0)
     assert info.value.error_type == "ValueError"
     assert "raise ValueError(message)" in info.value.remote_traceback
@@ -177,7 +179,8 @@ def test_failure_records_type_message_and_traceback():
     [
         (tasks.calls_exit, "SystemExit: 3"),
         (tasks.raises_interrupt, "KeyboardInterrupt: from a task"),
-        (tasks.returns_object, "TypeError: Task 'exec.not_json' returned object, which cannot be stored as JSON"),
+        (tasks.returns_object,
+         "TypeError: Task 'exec.not_json' returned object, which cannot be stored as JSON"),
     ],
 )
 def test_hostile_task_bodies_fail_the_run_not_the_worker(task, error_start):
@@ -349,7 +352,8 @@ def test_eager_mode_records_failures(settings):
     [
         (["sisy_worker", "--concurrency", "0"], "--concurrency must be 1 or more, not 0."),
         (["sisy_worker", "--channel", "bad!name"],
-         "--channel 'bad!name' is not a valid Sisy channel; use a plain name such as sisy.run_task."),
+         "--channel 'bad!name' is not a valid Sisy channel; "
+         "use a plain name such as sisy.run_task."),
         (["sisy_run", "--concurrency", "-1"], "--concurrency must be 1 or more, not -1."),
     ],
 )

@@ -89,7 +89,8 @@ def procs():
 
 
 def settled(runs) -> bool:
-    return not Run.objects.filter(pk__in=[r.pk for r in runs], status__in=["queued", "running"]).exists()
+    pending = Run.objects.filter(pk__in=[r.pk for r in runs], status__in=["queued", "running"])
+    return not pending.exists()
 
 
 def send(message, channel="sisy.run_task"):
@@ -106,10 +107,12 @@ def test_two_workers_run_every_run_exactly_once(procs):
     procs.start("sisy_worker")
     runs = [tasks.mark.delay(f"twice-{i}") for i in range(200)]
     wait_for(lambda: settled(runs), 60, "200 runs to settle")
-    statuses = dict(Run.objects.filter(task_name="exec.mark").values_list("status").annotate(Count("id")))
+    marked = Run.objects.filter(task_name="exec.mark")
+    statuses = dict(marked.values_list("status").annotate(Count("id")))
     duplicates = Mark.objects.values("token").annotate(n=Count("id")).filter(n__gt=1).count()
     workers = set(Run.objects.filter(task_name="exec.mark").values_list("worker", flat=True))
-    print(f"\n200 runs on 2 workers: statuses={statuses} duplicates={duplicates} workers={len(workers)}")
+    print(f"\n200 runs on 2 workers: statuses={statuses} duplicates={duplicates} "
+          f"workers={len(workers)}")
     assert statuses == {"succeeded": 200}
     assert Mark.objects.filter(token__startswith="twice-").count() == 200
     assert duplicates == 0

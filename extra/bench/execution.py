@@ -26,8 +26,9 @@ def measure_floor(count: int, sequential: int) -> dict:
     time.sleep(1.0)
     start, sent = asyncio.run(floor.send(count))
     result = json.loads(receiver.communicate(timeout=120)[0])
-    receiver = subprocess.Popen([sys.executable, "-m", "extra.bench.floor", "receive",
-                                 str(sequential)], cwd=common.ROOT, stdout=subprocess.PIPE, text=True)
+    receiver = subprocess.Popen(
+        [sys.executable, "-m", "extra.bench.floor", "receive", str(sequential)],
+        cwd=common.ROOT, stdout=subprocess.PIPE, text=True)
     time.sleep(1.0)
     asyncio.run(floor.send(sequential, sequential_gap=0.005))
     latencies = json.loads(receiver.communicate(timeout=120)[0])["latencies"]
@@ -68,8 +69,8 @@ def measure_sisy(mode: str, count: int, sequential: int) -> dict:
         latencies = []
         for i in range(sequential):
             run = noop.delay(i)
-            common.wait_until(lambda: Run.objects.filter(pk=run.pk, started_at__isnull=False)
-                              .exists(), 10, interval=0.0005)
+            started = Run.objects.filter(pk=run.pk, started_at__isnull=False)
+            common.wait_until(started.exists, 10, interval=0.0005)
             run.refresh_from_db()
             latencies.append((run.started_at - run.enqueued_at).total_seconds())
         return {"enqueue": count / (enqueued - started), "e2e": e2e,

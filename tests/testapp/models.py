@@ -7,6 +7,9 @@ class Gadget(models.Model):
     name = models.CharField(max_length=50)
     counter = models.IntegerField(default=0)
 
+    def __str__(self):
+        return self.name
+
 
 class Mark(models.Model):
     """Written by fixture task bodies, so tests can count executions across processes."""
@@ -14,3 +17,6 @@ class Mark(models.Model):
     token = models.CharField(max_length=100, db_index=True)
     pid = models.IntegerField(default=0)
     at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self):
+        return f"{self.token} in {self.pid}"
