@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import functools
 import logging
 import os
 import random
@@ -26,7 +27,7 @@ from datetime import datetime, timedelta
 
 from channels.exceptions import ChannelFull
 from channels.layers import InMemoryChannelLayer, get_channel_layer
-from django.db import transaction
+from django.db import DEFAULT_DB_ALIAS, connections, transaction
 from django.utils import timezone
 
 from sisy.conf import get_settings
@@ -206,6 +207,41 @@ def _not_before(run_after: datetime | timedelta | None, now: datetime) -> dateti
     return run_after
 
 
+@functools.cache
+def _insert_plan(vendor: str):
+    fields = [f for f in Run._meta.concrete_fields if not f.primary_key]
+    columns = ", ".join(f.column for f in fields)
+    marks = ", ".join(["%s"] * len(fields))
+    sql = f"INSERT INTO {Run._meta.db_table} ({columns}) VALUES ({marks}) RETURNING id"
+    return fields, sql
+
+
+def _insert(run: Run, *, durable: bool, using: str = DEFAULT_DB_ALIAS) -> Run:
+    """Write ``run`` with one prepared ``INSERT ... RETURNING id``.
+
+    ``.delay()`` is a hot path: this skips the ORM's per-call query
+    compilation (a fifth of the cost in the profile). Model save signals are
+    not sent for Run rows.
+    """
+    conn = connections[using]
+    if not conn.features.can_return_columns_from_insert:
+        run.save(using=using, force_insert=True)
+        return run
+    fields, sql = _insert_plan(conn.vendor)
+    values = [f.get_db_prep_save(getattr(run, f.attname), conn) for f in fields]
+    async_commit = not durable and conn.vendor == "postgresql" and not conn.in_atomic_block
+    with conn.cursor() as cursor:
+        if async_commit:
+            # One simple query = one implicit transaction, so SET LOCAL covers just this row.
+            cursor.execute("SET LOCAL synchronous_commit TO OFF; " + sql, values)
+            cursor.nextset()
+        else:
+            cursor.execute(sql, values)
+        run.pk = cursor.fetchone()[0]
+    run._state.adding, run._state.db = False, using
+    return run
+
+
 def enqueue(definition, args: tuple, kwargs: dict) -> Run:
     """Validate, write a queued ``Run`` and wake a worker once the transaction commits.
 
@@ -215,10 +251,10 @@ def enqueue(definition, args: tuple, kwargs: dict) -> Run:
     """
     json_args, json_kwargs = definition.arguments.dump(args, kwargs)
     conf = get_settings()
-    overrides = conf.overrides_for(definition.name)
+    overrides = conf.overrides_for(definition.name) if conf.TASKS else {}
     now = timezone.now()
     not_before = _not_before(definition.run_after, now)
-    run = Run.objects.create(
+    run = _insert(Run(
         task_name=definition.name,
         args=json_args,
         kwargs=json_kwargs,
@@ -228,7 +264,7 @@ def enqueue(definition, args: tuple, kwargs: dict) -> Run:
         enqueued_at=now,
         sent_at=now if not_before <= now else None,
         exclusive=not overrides.get("allow_overlap", definition.allow_overlap),
-    )
+    ), durable=conf.DURABLE_ENQUEUE)
     if conf.EAGER:
         from sisy.execution import execute_eagerly
 

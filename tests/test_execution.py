@@ -362,3 +362,22 @@ def test_worker_commands_refuse_bad_options(argv, message):
 
     with pytest.raises(CommandError, match=re.escape(message)):
         call_command(*argv)
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_non_durable_enqueue_writes_the_row_and_leaks_no_setting(sisy_settings):
+    from django.db import connection
+
+    sisy_settings(DURABLE_ENQUEUE=False)
+    run = tasks.add.delay(1, 2)
+    assert Run.objects.get(pk=run.pk).args == [1, 2]
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT current_setting('synchronous_commit')")
+        assert cursor.fetchone() == ("on",)
+    with transaction.atomic():  # the caller's transaction decides: no SET LOCAL inside it
+        tasks.add.delay(3)
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT current_setting('synchronous_commit')")
+            assert cursor.fetchone() == ("on",)
+    assert Run.objects.count() == 2
