@@ -35,7 +35,8 @@ from sisy.models import Run, Task
 from sisy.registry import registry
 
 __all__ = [
-    "claim", "claim_batch", "claim_next", "execute", "execute_eagerly", "schedule_retry", "finish",
+    "claim", "claim_batch", "claim_exclusive", "claim_next",
+    "execute", "execute_eagerly", "schedule_retry", "finish",
 ]
 
 logger = logging.getLogger(__name__)
@@ -136,8 +137,13 @@ def claim_next(channels: list[str], worker: str, *, now: datetime | None = None)
     """Claim the oldest due queued run on ``channels`` (the polling path)."""
     now = now or timezone.now()
     runs = claim_batch(channels, worker, now=now, limit=1)
-    if runs:
-        return runs[0]
+    return runs[0] if runs else claim_exclusive(channels, worker, now=now)
+
+
+def claim_exclusive(channels: list[str], worker: str, *,
+                    now: datetime | None = None) -> Run | None:
+    """Claim one due run of a task that forbids overlap (see ``sisy_run_no_overlap``)."""
+    now = now or timezone.now()
     exclusive = Run.objects.filter(status=Status.QUEUED, not_before__lte=now,
                                    channel__in=channels, exclusive=True)
     for candidate in exclusive.order_by("not_before", "id").values_list("pk", flat=True)[:5]:
@@ -207,6 +213,7 @@ def finish(run: Run, status: str, *, result=None, error: str = "", error_type: s
         status, result, error, error_type, now)
     done = Run.objects.filter(pk=run.pk, status=Status.RUNNING, worker=run.worker).update(
         status=status, result=result, error=error, error_type=error_type, finished_at=now,
+        started_at=run.started_at,
     )
     if run.task_id is not None:
         Task.objects.filter(pk=run.task_id).update(running=False)
@@ -228,6 +235,8 @@ def execute(run: Run, *, manage_connections: bool = True) -> Run:
         tidy_connections()
     definition = None
     context = None
+    # A run claimed in a batch waited for the ones before it; it starts now.
+    run.started_at = timezone.now()
     try:
         definition = _definition_for(run)
         if run.task_id is not None:

@@ -12,6 +12,7 @@ database, so runs queued by other processes are found within
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import os
 import socket
@@ -25,7 +26,7 @@ from django.utils import timezone
 from sisy import dispatch
 from sisy.conf import get_settings
 from sisy.connections import tidy_connections
-from sisy.execution import claim, claim_next, execute
+from sisy.execution import claim, claim_batch, claim_exclusive, execute
 from sisy.models import Worker as WorkerRow
 
 __all__ = ["Worker", "Heartbeat", "parse_message", "worker_name"]
@@ -105,7 +106,8 @@ class Worker:
 
     def __init__(self, channels: list[str] | None = None, *, name: str | None = None,
                  concurrency: int = 1, layer_alias: str = "default",
-                 poll_interval: float | None = None, manage_connections: bool = True):
+                 poll_interval: float | None = None, manage_connections: bool = True,
+                 batch_size: int = 10):
         conf = get_settings()
         #: Close stale database connections around each run, as Django does per request.
         #: Tests that run a worker inside a test transaction pass False.
@@ -117,11 +119,15 @@ class Worker:
         self.poll_interval = poll_interval or conf.POLL_INTERVAL
         self.stop_event = threading.Event()
         self.processed = 0
+        self.batch_size = batch_size
+        #: Ids this worker ran lately; their (duplicate or late) wake-ups need no query.
+        self._recent: collections.deque[int] = collections.deque(maxlen=10_000)
 
     # -- one unit of work, run in a thread --------------------------------------
     def _run_claimed(self, run) -> None:
         execute(run, manage_connections=self.manage_connections)
         self.processed += 1
+        self._recent.append(run.pk)
 
     def _tidy_connections(self) -> None:
         if self.manage_connections:
@@ -134,6 +140,8 @@ class Worker:
             logger.warning("Worker %s refused a malformed message: %s", self.name, _short(message))
             return False
         run_id, name = parsed
+        if run_id in self._recent:
+            return False  # this worker already ran it while draining the table
         self._tidy_connections()
         run = claim(run_id, self.name, name=name)
         if run is None:
@@ -142,23 +150,32 @@ class Worker:
         self._run_claimed(run)
         return True
 
-    def drain(self) -> int:
-        """Claim and run due queued runs until none is left or we are asked to stop."""
+    def drain(self, *, exclusive: bool = True) -> int:
+        """Claim and run due queued runs until none is left or we are asked to stop.
+
+        Runs are claimed ``batch_size`` at a time in one statement. Runs of
+        tasks that forbid overlap are claimed one by one, and only when
+        ``exclusive`` is true (the polling path; wake-ups name them directly).
+        """
         done = 0
         self._tidy_connections()
         while not self.stop_event.is_set():
-            run = claim_next(self.channels, self.name)
-            if run is None:
+            runs = claim_batch(self.channels, self.name, limit=self.batch_size)
+            if not runs and exclusive:
+                run = claim_exclusive(self.channels, self.name)
+                runs = [run] if run is not None else []
+            if not runs:
                 break
-            self._run_claimed(run)
-            done += 1
+            for run in runs:
+                self._run_claimed(run)
+            done += len(runs)
         return done
 
     # -- the loops: one per thread, each with its own event loop for receiving -------------
-    def _guarded(self, func, *args):
+    def _guarded(self, func, *args, **kwargs):
         """Run ``func``; a database outage or a bug is logged and waited out, never fatal."""
         try:
-            return func(*args)
+            return func(*args, **kwargs)
         except DatabaseError as exc:
             logger.warning("Worker %s lost the database (%s); retrying.", self.name, exc)
         except Exception:  # the worker must outlive anything
@@ -186,7 +203,7 @@ class Worker:
                     continue
                 backoff = 0.1
                 self._guarded(self.handle_message, message)
-                self._guarded(self.drain)
+                self._guarded(self.drain, exclusive=False)
         finally:
             _close_loop(loop)
             connection.close()
