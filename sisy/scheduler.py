@@ -26,7 +26,7 @@ import time
 import weakref
 from collections import defaultdict, deque
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from django.db import (
     DEFAULT_DB_ALIAS,
@@ -40,6 +40,7 @@ from django.db.models import Q
 from django.db.models.signals import post_delete, post_save, pre_save
 from django.dispatch import receiver
 from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 
 from sisy.conf import SisySettings, get_settings
 from sisy.dispatch import wake_many
@@ -68,8 +69,11 @@ PRUNE_BATCHES = 10
 #: Seconds between two pruning passes.
 PRUNE_INTERVAL = 300.0
 #: While sleeping, look at the earliest ``next_run`` this often (seconds), so a
-#: row created or changed in another process is seen within this time.
-PEEK_INTERVAL = 1.0
+#: row created or changed in another process is seen within this time (an index
+#: lookup; more often would cost more idle CPU than it is worth).
+PEEK_INTERVAL = 2.0
+#: Housekeeping due this close to a tick is done in that tick.
+TIMER_SLACK = timedelta(milliseconds=20)
 #: Longest back-off (seconds) after a database or channel-layer error.
 MAX_BACKOFF = 10.0
 
@@ -230,7 +234,10 @@ class Scheduler:
         self.using = using
         #: Set to end the current sleep early (a Task changed, a stop was asked for).
         self.wakeup = threading.Event()
-        self._next_recovery: datetime | None = None
+        self._next_redelivery: datetime | None = None
+        self._next_lost_check: datetime | None = None
+        self._deferred_at: datetime | None = None
+        self._earliest_sql: tuple | None = None
         self._next_prune: datetime | None = None
         self._due_at: datetime | None = None
         _live.add(self)
@@ -309,48 +316,54 @@ class Scheduler:
         """Do everything due at ``now``; return how many seconds to sleep."""
         conf = get_settings()
         limit = self.max_sleep if self.max_sleep is not None else conf.HEARTBEAT_FREQUENCY
-        if self._next_recovery is None or now >= self._next_recovery:
+        redeliver_every, lost_every = self.recovery_intervals(conf)
+        soon = now + TIMER_SLACK  # a sleep that ends a hair early must not cost a tick
+        if self._next_redelivery is None or soon >= self._next_redelivery:
             self.redeliver(now, conf)
+            self._next_redelivery = now + timedelta(seconds=redeliver_every)
+        elif self._deferred_at is not None and now >= self._deferred_at:
+            self.redeliver(now, conf)
+        if self._next_lost_check is None or soon >= self._next_lost_check:
             self.recover_lost(now, conf)
-            self._next_recovery = now + timedelta(seconds=self.recovery_interval(conf))
-        if conf.RETENTION is not None and (self._next_prune is None or now >= self._next_prune):
+            self._next_lost_check = now + timedelta(seconds=lost_every)
+        if conf.RETENTION is not None and (self._next_prune is None or soon >= self._next_prune):
             self.prune(now, conf)
             self._next_prune = now + timedelta(seconds=PRUNE_INTERVAL)
         self._due_at = self._earliest_next_run() if conf.ENABLED else None
         if self._due_at is not None and self._due_at <= now:
             self.fire_due(now, conf)
             self._due_at = self._earliest_next_run()
-        wake_at = [now + timedelta(seconds=limit), self._next_recovery]
-        if self._due_at is not None:
-            wake_at.append(self._due_at)
-        deferred = self._earliest_deferred(now)
-        if deferred is not None:
-            wake_at.append(deferred)
+        wake_at = [now + timedelta(seconds=limit), self._next_redelivery, self._next_lost_check]
+        wake_at += [at for at in (self._due_at, self._deferred_at) if at is not None]
         return max(0.0, (min(wake_at) - now).total_seconds())
 
     @staticmethod
-    def recovery_interval(conf: SisySettings) -> float:
-        """Seconds between two recovery passes: half the shorter of redelivery and heartbeat."""
-        return max(0.5, min(conf.REDELIVERY_INTERVAL, conf.WORKER_HEARTBEAT) / 2)
+    def recovery_intervals(conf: SisySettings) -> tuple[float, float]:
+        """Seconds between two redelivery passes, and between two lost-worker checks.
+
+        A third of ``REDELIVERY_INTERVAL`` (a lost wake-up is sent again 30 to
+        40 s after the last one by default) and half of ``WORKER_HEARTBEAT``.
+        """
+        return max(0.5, conf.REDELIVERY_INTERVAL / 3), max(0.5, conf.WORKER_HEARTBEAT / 2)
 
     def _earliest_next_run(self) -> datetime | None:
-        return (
-            Task.objects.using(self.using)
-            .filter(next_run__isnull=False)
-            .order_by("next_run")
-            .values_list("next_run", flat=True)
-            .first()
-        )
+        """The earliest ``next_run`` of any row: an index lookup on ``sisy_task_due``.
 
-    def _earliest_deferred(self, now: datetime) -> datetime | None:
-        """When the next deferred run (``run_after``, a retry) comes due, if it was never sent."""
-        return (
-            Run.objects.using(self.using)
-            .filter(status=Status.QUEUED, not_before__gt=now, sent_at__isnull=True)
-            .order_by("not_before")
-            .values_list("not_before", flat=True)
-            .first()
-        )
+        Run every tick and every peek, so its SQL is compiled once.
+        """
+        if self._earliest_sql is None:
+            query = (Task.objects.using(self.using).filter(next_run__isnull=False)
+                     .order_by("next_run").values_list("next_run", flat=True)[:1]).query
+            self._earliest_sql = query.get_compiler(using=self.using).as_sql()
+        with connections[self.using].cursor() as cursor:
+            cursor.execute(*self._earliest_sql)
+            row = cursor.fetchone()
+        value = row[0] if row else None
+        if isinstance(value, str):  # SQLite
+            value = parse_datetime(value)
+        if value is not None and timezone.is_naive(value):
+            value = timezone.make_aware(value, UTC)
+        return value
 
     # Firing -----------------------------------------------------------------------
 
@@ -394,11 +407,19 @@ class Scheduler:
             ) if exclusive else set()
             grace = timedelta(seconds=conf.HEARTBEAT_FREQUENCY)
             memo: dict = {}
+            late: list[str] = []
             groups: dict[tuple, list[tuple[Task, list[Run]]]] = defaultdict(list)
             for row in rows:
-                values, runs = self._fire_row(row, now, conf, grace, row.pk in running, memo)
+                values, runs = self._fire_row(row, now, conf, grace, row.pk in running, memo,
+                                              late)
                 key = (row.next_run, tuple(sorted(values.items())))
                 groups[key].append((row, runs))
+            if late:
+                logger.warning(
+                    "%d tasks missed slots while no scheduler ran (%s%s); each task's catch_up "
+                    "policy decided which to fire.", len(late), ", ".join(late[:5]),
+                    ", ..." if len(late) > 5 else "",
+                )
             runs: list[Run] = []
             for (old, values), members in groups.items():
                 runs.extend(self._advance(old, dict(values), members))
@@ -418,7 +439,7 @@ class Scheduler:
         return [run for row, runs in members if row.pk in mine for run in runs]
 
     def _fire_row(self, row: Task, now: datetime, conf: SisySettings, grace: timedelta,
-                  running: bool, memo: dict) -> tuple[dict, list[Run]]:
+                  running: bool, memo: dict, late: list[str]) -> tuple[dict, list[Run]]:
         """Plan one due row: the row's new values and its unsaved runs."""
         overrides = conf.overrides_for(row.name) if row.name else {}
         if not row.is_switched_on(overrides):
@@ -442,7 +463,8 @@ class Scheduler:
         if plan.retire:
             values["enabled"] = False
         if plan.dropped != 0:
-            logger.warning(
+            late.append(str(row))
+            logger.info(
                 "Task %s missed slots since %s (catch_up=%s); %s not fired.",
                 row, row.next_run.isoformat(), row.catch_up,
                 "some" if plan.dropped is None else plan.dropped,
@@ -505,24 +527,30 @@ class Scheduler:
     def redeliver(self, now: datetime, conf: SisySettings | None = None) -> list[int]:
         """Send again the wake-ups of due queued runs never sent or sent too long ago.
 
-        At most :data:`REDELIVERY_BATCH` runs per call, oldest first; returns their ids.
+        At most :data:`REDELIVERY_BATCH` runs per call, oldest first; returns
+        their ids. Also notes when the next deferred run (``run_after``, a
+        retry) comes due, so that :meth:`tick` wakes up for it.
         """
         conf = conf or get_settings()
         stale = now - timedelta(seconds=conf.REDELIVERY_INTERVAL)
         runs = Run.objects.using(self.using)
-        due = runs.filter(status=Status.QUEUED, not_before__lte=now).filter(
+        unsent = runs.filter(status=Status.QUEUED).filter(
             Q(sent_at__isnull=True) | Q(sent_at__lt=stale))
-        if not due.exists():
+        self._deferred_at = first = (
+            unsent.order_by("not_before").values_list("not_before", flat=True).first())
+        if first is None or first > now:
             return []
         with transaction.atomic(using=self.using):
             batch = list(
-                due.select_for_update(skip_locked=True)
+                unsent.filter(not_before__lte=now)
+                .select_for_update(skip_locked=True)
                 .order_by("not_before", "id")
                 .only("id", "task_name", "channel")[:REDELIVERY_BATCH]
             )
             ids = [run.pk for run in batch]
             if ids:
                 runs.filter(pk__in=ids, status=Status.QUEUED).update(sent_at=now)
+        self._deferred_at = None  # found again by the next pass
         if batch:
             logger.info("Sent the wake-ups of %d queued runs again.", len(batch))
             wake_many(batch)
