@@ -30,7 +30,9 @@ from sisy import signals
 from sisy.conf import get_settings
 from sisy.connections import tidy_connections
 from sisy.context import TaskContext
+from sisy.dispatch import run_message
 from sisy.exceptions import UnknownTask
+from sisy.legacy import LegacyDefinition
 from sisy.models import Run, Task
 from sisy.registry import registry
 
@@ -163,6 +165,14 @@ def _error_text(exc: BaseException) -> tuple[str, str]:
 
 
 def _definition_for(run: Run):
+    """The registered definition of ``run``, or the seed-style row it belongs to.
+
+    A row made by ``task_with_callable`` has no registered name; its callable
+    is found from the row's ``func_info``, which trusted code wrote. The
+    message that woke the worker only ever names the run.
+    """
+    if run.task_id is not None and not run.task.name and run.task.func_info:
+        return LegacyDefinition.for_task(run.task, run.task_name)
     if run.task_name in registry:
         return registry.get(run.task_name)
     raise UnknownTask(
@@ -172,6 +182,8 @@ def _definition_for(run: Run):
 
 
 def _call(definition, run: Run, context: TaskContext | None):
+    if isinstance(definition, LegacyDefinition):
+        return definition.call(run, run_message(run))
     args, kwargs = definition.arguments.load(run.args, run.kwargs)
     if context is not None:
         args = (context, *args)

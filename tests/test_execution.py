@@ -381,3 +381,35 @@ def test_non_durable_enqueue_writes_the_row_and_leaks_no_setting(sisy_settings):
             cursor.execute("SELECT current_setting('synchronous_commit')")
             assert cursor.fetchone() == ("on",)
     assert Run.objects.count() == 2
+
+
+@pytest.mark.redis
+def test_batched_wake_ups_are_ordinary_channels_redis_messages_trimmed_to_capacity(settings):
+    import asyncio
+
+    from channels.layers import channel_layers, get_channel_layer
+
+    from sisy.dispatch import run_message, sender
+
+    layers = {"default": {**settings.CHANNEL_LAYERS["default"]}}
+    layers["default"]["CONFIG"] = {**layers["default"]["CONFIG"], "capacity": 5,
+                                   "prefix": "sisy-batch-test"}
+    settings.CHANNEL_LAYERS = layers
+    channel_layers.backends.pop("default", None)
+    layer = get_channel_layer()
+    runs = [Run(pk=i, task_name="tests.testapp.tasks.add", channel="sisy.batch") for i in range(1, 9)]
+    sender.send(layer, ((run.channel, run_message(run)) for run in runs))
+    assert sender.flush(timeout=5)
+
+    async def receive_all():
+        got = []
+        while True:
+            try:
+                got.append(await asyncio.wait_for(layer.receive("sisy.batch"), 0.5))
+            except TimeoutError:
+                return got
+
+    received = asyncio.run(receive_all())
+    assert sorted(m["run"] for m in received) == [4, 5, 6, 7, 8]
+    assert all(m["type"] == "sisy.run" and m["name"] == "tests.testapp.tasks.add"
+               for m in received)
