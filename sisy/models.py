@@ -10,9 +10,10 @@ from django.db.models import Q
 from django.utils import timezone
 
 from sisy.exceptions import RunCancelled, RunFailed, RunTimeout
+from sisy.legacy import task_with_callable, taskinfo_with_label
 from sisy.schedules import get_timezone, next_fire
 
-__all__ = ["Task", "Run", "Worker"]
+__all__ = ["Task", "Run", "Worker", "task_with_callable", "taskinfo_with_label"]
 
 
 class Task(models.Model):
@@ -86,6 +87,29 @@ class Task(models.Model):
 
     def __str__(self):
         return self.name or self.label or f"Task {self.pk}"
+
+    @classmethod
+    def run_iterations(cls, the_callable, iterations=1, label=None, schedule="* * * * * *",
+                       userdata=None, run_immediately=False, delay_until=None) -> Task:
+        """The seed's API: save and return a task that runs ``iterations`` times, then retires.
+
+        See :func:`sisy.legacy.run_iterations`.
+        """
+        from sisy.legacy import run_iterations
+
+        return run_iterations(the_callable, iterations=iterations, label=label,
+                              schedule=schedule, userdata=userdata,
+                              run_immediately=run_immediately, delay_until=delay_until)
+
+    @classmethod
+    def run_once(cls, the_callable, userdata=None, delay_until=None) -> Task:
+        """The seed's API: save and return a task that runs once, now or at ``delay_until``.
+
+        See :func:`sisy.legacy.run_once`.
+        """
+        from sisy.legacy import run_once
+
+        return run_once(the_callable, userdata=userdata, delay_until=delay_until)
 
     def get_timezone(self):
         from django.conf import settings

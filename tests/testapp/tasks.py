@@ -121,3 +121,56 @@ def sched_every_2s():
 @sisy.periodic("* * * * * 1-59/3", name="sched.every_3s")
 def sched_every_3s():
     return None
+
+
+# -- the seed's API (tests/test_legacy.py) ---------------------------------------------------
+# Plain functions in the seed's style take one parameter named ``message``.
+
+def seed_counter(message):
+    """Count runs in the task's userdata (the seed's way to keep state between runs)."""
+    task = message["task"]
+    task.userdata["count"] = task.userdata.get("count", 0) + 1
+    return {"count": task.userdata["count"], "channel_message": message["channel_message"]}
+
+
+def seed_mark(message):
+    """Write a Mark named after the task's label (end-to-end tests count them)."""
+    import os
+
+    from tests.testapp.models import Mark
+
+    Mark.objects.create(token=message["task"].label, pid=os.getpid())
+    return os.getpid()
+
+
+def seed_saves_task(message):
+    """A seed-style function that changes userdata and saves the task itself."""
+    task = message["task"]
+    task.userdata = {"saved": True}
+    task.save()
+
+
+def seed_fails(message):
+    message["task"].userdata["tried"] = True
+    raise RuntimeError("seed task failed")
+
+
+def no_arguments():
+    return "called without a message"
+
+
+def two_arguments(a, b):
+    return a + b
+
+
+class SeedJobs:
+    @classmethod
+    def classy(cls, message):
+        return f"{cls.__name__}:{message['task'].label}"
+
+    @staticmethod
+    def static(message):
+        return message["task"].userdata.get("greeting", "hello")
+
+    def instance(self, message):
+        return "needs an object"
