@@ -397,7 +397,8 @@ def test_batched_wake_ups_are_ordinary_channels_redis_messages_trimmed_to_capaci
     settings.CHANNEL_LAYERS = layers
     channel_layers.backends.pop("default", None)
     layer = get_channel_layer()
-    runs = [Run(pk=i, task_name="tests.testapp.tasks.add", channel="sisy.batch") for i in range(1, 9)]
+    runs = [Run(pk=i, task_name="tests.testapp.tasks.add", channel="sisy.batch")
+            for i in range(1, 9)]
     sender.send(layer, ((run.channel, run_message(run)) for run in runs))
     assert sender.flush(timeout=5)
 
