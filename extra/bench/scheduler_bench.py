@@ -79,7 +79,7 @@ def measure_idle(idle_seconds: float) -> dict:
         scheduler.tick(timezone.now())
         ticks.append(time.perf_counter() - begin)
     for _ in range(100):
-        scheduler._next_recovery = None
+        scheduler._next_redelivery = scheduler._next_lost_check = None
         begin = time.perf_counter()
         scheduler.tick(timezone.now())
         full.append(time.perf_counter() - begin)
