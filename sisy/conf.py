@@ -76,6 +76,10 @@ class SisySettings(_Strict):
     #: ``synchronous_commit = off`` (about twice the enqueue rate; a crash of the
     #: database server may lose the last ~0.6 s of queued runs).
     DURABLE_ENQUEUE: bool = True
+    #: True: a worker waits for PostgreSQL to flush each run's outcome to disk.
+    #: False (default): it does not; a database-server crash can turn a just-finished
+    #: run into a "worker lost" one (retried if the task allows), never a silent loss.
+    DURABLE_RESULTS: bool = False
     TASKS: dict[str, TaskOverride] = Field(default_factory=dict)
     DEFAULT_SCHEDULE: str = "* * * * *"
     RUN_TASK_CHANNEL: str = "sisy.run_task"

@@ -217,21 +217,62 @@ def _retry_policy(definition, run: Run) -> tuple[int, float]:
             overrides.get("retry_backoff", definition.retry_backoff))
 
 
+def _store_outcome(run: Run, *, durable: bool, using: str = DEFAULT_DB_ALIAS) -> int:
+    """``UPDATE`` the run's outcome if it is still ours; return the rows changed.
+
+    Outside a transaction on PostgreSQL, ``durable=False`` commits it without
+    waiting for the disk (``synchronous_commit = off``): half the cost of a
+    run in the profile. If the database server crashes before the write
+    reaches the disk, the run is found ``running`` by a worker that no longer
+    heart-beats it and is settled as lost (retried when the task allows) —
+    visible, never silent.
+    """
+    conn = connections[using]
+    fields = [Run._meta.get_field(name) for name in
+              ("status", "result", "error", "error_type", "finished_at", "started_at")]
+    assignments = ", ".join(f"{f.column} = %s" for f in fields)
+    values = [f.get_db_prep_save(getattr(run, f.attname), conn) for f in fields]
+    sql = (f"UPDATE {Run._meta.db_table} SET {assignments} "
+           "WHERE id = %s AND status = %s AND worker = %s")
+    params = [*values, run.pk, Status.RUNNING, run.worker]
+    async_commit = not durable and conn.vendor == "postgresql" and not conn.in_atomic_block
+    with conn.cursor() as cursor:
+        if async_commit:
+            cursor.execute("SET LOCAL synchronous_commit TO OFF; " + sql, params)
+            cursor.nextset()
+        else:
+            cursor.execute(sql, params)
+        return cursor.rowcount
+
+
 def finish(run: Run, status: str, *, result=None, error: str = "", error_type: str = "",
            now: datetime | None = None) -> bool:
     """Store the outcome of a running run; False if it was no longer ours (lost worker)."""
     now = now or timezone.now()
     run.status, run.result, run.error, run.error_type, run.finished_at = (
         status, result, error, error_type, now)
-    done = Run.objects.filter(pk=run.pk, status=Status.RUNNING, worker=run.worker).update(
-        status=status, result=result, error=error, error_type=error_type, finished_at=now,
-        started_at=run.started_at,
-    )
+    done = _store_outcome(run, durable=get_settings().DURABLE_RESULTS)
     if run.task_id is not None:
         Task.objects.filter(pk=run.task_id).update(running=False)
     if not done:
         logger.warning("Run %s was settled by someone else while %s ran it.", run.pk, run.worker)
     return bool(done)
+
+
+def _settle(run: Run, definition, context: TaskContext | None, status: str, **outcome) -> None:
+    """Store the outcome, queue a retry if the policy allows, and send ``run_finished``."""
+    now = timezone.now()
+    if context is not None:
+        context.flush_progress()
+        context.save_userdata()
+    finish(run, status, now=now, **outcome)
+    if status == Status.FAILED and definition is not None:
+        retries, backoff = _retry_policy(definition, run)
+        retry = schedule_retry(run, now, retries, backoff)
+        if retry is not None:
+            logger.info("Run %s will be retried as run %s at %s",
+                        run.pk, retry.pk, retry.not_before)
+    signals.run_finished.send(sender=definition, run=run, status=status)
 
 
 def execute(run: Run, *, manage_connections: bool = True) -> Run:
@@ -264,25 +305,14 @@ def execute(run: Run, *, manage_connections: bool = True) -> Run:
                 f"Task '{run.task_name}' returned {type(value).__name__}, which cannot be "
                 f"stored as JSON ({exc}). Return plain data (dict, list, str, numbers)."
             ) from None
-        outcome = {"result": result}
-        status = Status.SUCCEEDED
     except BaseException as exc:  # a task must never take the worker down
         error_type, error = _error_text(exc)
-        outcome = {"error": error, "error_type": error_type}
-        status = Status.FAILED
         logger.warning("Run %s of %s failed: %s", run.pk, run.task_name, error_type)
-    now = timezone.now()
-    if context is not None:
-        context.flush_progress()
-        context.save_userdata()
-    finish(run, status, now=now, **outcome)
-    if status == Status.FAILED and definition is not None:
-        retries, backoff = _retry_policy(definition, run)
-        retry = schedule_retry(run, now, retries, backoff)
-        if retry is not None:
-            logger.info("Run %s will be retried as run %s at %s",
-                        run.pk, retry.pk, retry.not_before)
-    signals.run_finished.send(sender=definition, run=run, status=status)
+        # Settled inside the except block, so that run_finished receivers see the
+        # exception in sys.exc_info() (logger.exception, error reporters).
+        _settle(run, definition, context, Status.FAILED, error=error, error_type=error_type)
+    else:
+        _settle(run, definition, context, Status.SUCCEEDED, result=result)
     if manage_connections:
         tidy_connections()
     return run

@@ -381,6 +381,13 @@ def test_non_durable_enqueue_writes_the_row_and_leaks_no_setting(sisy_settings):
             cursor.execute("SELECT current_setting('synchronous_commit')")
             assert cursor.fetchone() == ("on",)
     assert Run.objects.count() == 2
+    # Outcomes are stored without waiting for the disk by default (DURABLE_RESULTS=False).
+    assert drain() == 2
+    assert sorted(Run.objects.values_list("status", "result")) == [
+        ("succeeded", 3), ("succeeded", 3)]
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT current_setting('synchronous_commit')")
+        assert cursor.fetchone() == ("on",)
 
 
 @pytest.mark.redis
