@@ -1,8 +1,11 @@
-"""Run the examples of the foundation's topic pages, so the docs cannot drift from the code.
+"""Run the examples of the docs' pages, so the docs cannot drift from the code.
 
 In each page, ``.. code-block:: python`` blocks are executed and ``.. code-block::
 pycon`` blocks run as doctests, in order, in one namespace per page. A ``SISY``
-or ``CHANNEL_LAYERS`` that a block defines must pass Sisy's checks.
+or ``CHANNEL_LAYERS`` that a block defines must pass Sisy's checks. A block
+marked ``.. code-block:: py`` is shown, not run (another library's code, on
+the "Coming from Celery beat" page). On ``docs/topics/testing.rst`` the
+``test_*`` functions the blocks define are then called, as pytest would.
 """
 
 import doctest
@@ -10,6 +13,7 @@ import re
 import textwrap
 
 import pytest
+from django.db import transaction
 from django.test import override_settings
 
 from sisy import checks as sisy_checks
@@ -19,7 +23,10 @@ from tests.helpers import ROOT
 PAGES = {
     "docs/topics/tasks-and-schedules.rst": "billing.tasks",
     "docs/topics/settings.rst": "settings",
+    "docs/topics/workers.rst": "settings",
+    "docs/coming-from-celery-beat.rst": "shop.tasks",
 }
+TESTING_PAGE = "docs/topics/testing.rst"
 BLOCK = re.compile(r"^\.\. code-block:: (python|pycon)\n\n((?:(?:    .*)?\n)+)", re.MULTILINE)
 
 
@@ -33,7 +40,7 @@ def blocks(path):
 @pytest.mark.parametrize("path", PAGES)
 def test_page_examples_run(path, isolated_registry, monkeypatch):
     monkeypatch.setattr(sisy_checks, "_redis_major", lambda: 8)
-    namespace = {"__name__": PAGES[path]}
+    namespace = {"__name__": PAGES[path], "BASE_DIR": ROOT}  # settings examples use BASE_DIR
     runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
     parser = doctest.DocTestParser()
     found = 0
@@ -51,3 +58,20 @@ def test_page_examples_run(path, isolated_registry, monkeypatch):
             runner.run(test, clear_globs=False)
             namespace.update(test.globs)  # DocTest works on a copy    assert found >= 5
     assert runner.failures == 0, f"{runner.failures} doctest example(s) failed in {path}"
+
+
+@pytest.mark.django_db
+def test_testing_page_examples_pass(isolated_registry):
+    namespace = {"__name__": "shop.tasks"}
+    for kind, code, line in blocks(TESTING_PAGE):
+        assert kind == "python", f"{TESTING_PAGE}:{line}: only python blocks are expected"
+        exec(compile(code, f"{TESTING_PAGE}:{line}", "exec"), namespace)
+    tests = {name: f for name, f in namespace.items() if name.startswith("test_")}
+    assert len(tests) >= 8, sorted(tests)
+    for name, test in tests.items():
+        try:
+            with transaction.atomic():  # each example starts from the same tables
+                test()
+                transaction.set_rollback(True)
+        except Exception as exc:
+            raise AssertionError(f"{TESTING_PAGE}: {name} failed: {exc!r}") from exc
