@@ -119,3 +119,16 @@ def run_manage():
 def spawn_manage():
     """Like ``run_manage`` but returns the ``Popen`` at once."""
     return helpers.spawn_manage
+
+
+@pytest.fixture
+def own_redis(tmp_path):
+    """A redis-server of the test's own (free port), so the test may stop or restart it."""
+    from tests.servers import RedisServer
+
+    server = RedisServer(tmp_path)
+    if server.binary is None:
+        pytest.skip("redis-server is not installed")
+    server.start()
+    yield server
+    server.stop()

@@ -4,6 +4,7 @@ Worker subprocesses started by the end-to-end tests read the same file; the
 database lives in a file so that they can see it.
 """
 
+import json
 import os
 from pathlib import Path
 
@@ -56,7 +57,8 @@ DATABASES = {
 
 CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
-SISY = {}
+# Subprocesses started by the end-to-end tests get their SISY from the environment.
+SISY = json.loads(os.environ.get("SISY_TEST_SISY", "{}"))
 
 LOGGING = {
     "version": 1,

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import time
 
@@ -166,54 +164,18 @@ def test_runworker_runs_sisy_tasks_through_channel_routes(procs):
     assert run.worker.startswith("runworker:")
 
 
-@pytest.fixture
-def own_redis(tmp_path):
-    """A redis-server of our own on a free port, so the test may stop it."""
-    server = shutil.which("redis-server")
-    if server is None:
-        pytest.skip("redis-server is not installed")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-
-    def start():
-        return subprocess.Popen(
-            [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-    holder = {"proc": start(), "port": port, "start": start}
-
-    def up():
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return True
-        except OSError:
-            return False
-
-    holder["up"] = up
-    wait_for(up, 10, "redis-server to start")
-    yield holder
-    holder["proc"].terminate()
-    holder["proc"].wait(timeout=10)
-
-
 @pytest.mark.postgres
 @pytest.mark.redis
 def test_redis_down_at_delay_time_keeps_the_run(own_redis, procs):
-    url = f"redis://127.0.0.1:{own_redis['port']}/0"
-    layers = {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer",
-                          "CONFIG": {"hosts": [{"address": url, "socket_timeout": 10}]}}}
-    own_redis["proc"].terminate()
-    own_redis["proc"].wait(timeout=10)
-    with override_settings(CHANNEL_LAYERS=layers):
+    own_redis.stop()
+    with override_settings(CHANNEL_LAYERS=own_redis.layers()):
         run = tasks.mark.delay("redis-was-down")  # must not raise
         from sisy.dispatch import sender
 
         sender.flush()
     assert Run.objects.get(pk=run.pk).status == "queued"
-    own_redis["proc"] = own_redis["start"]()
-    wait_for(own_redis["up"], 10, "redis-server to come back")
-    procs.start("sisy_worker", env={"SISY_REDIS_URL": url})
+    own_redis.start()
+    procs.start("sisy_worker", env={"SISY_REDIS_URL": own_redis.url})
     wait_for(lambda: settled([run]), 20, "the queued run to run after Redis came back")
     assert Run.objects.get(pk=run.pk).status == "succeeded"
     assert Mark.objects.filter(token="redis-was-down").count() == 1
@@ -222,16 +184,9 @@ def test_redis_down_at_delay_time_keeps_the_run(own_redis, procs):
 @pytest.mark.postgres
 @pytest.mark.redis
 def test_worker_reconnects_after_redis_restarts(own_redis, procs):
-    url = f"redis://127.0.0.1:{own_redis['port']}/0"
-    worker = procs.start("sisy_worker", env={"SISY_REDIS_URL": url})
-    own_redis["proc"].terminate()
-    own_redis["proc"].wait(timeout=10)
-    time.sleep(1.5)
-    own_redis["proc"] = own_redis["start"]()
-    wait_for(own_redis["up"], 10, "redis-server to come back")
-    layers = {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer",
-                          "CONFIG": {"hosts": [{"address": url, "socket_timeout": 10}]}}}
-    with override_settings(CHANNEL_LAYERS=layers):
+    worker = procs.start("sisy_worker", env={"SISY_REDIS_URL": own_redis.url})
+    own_redis.restart(down_for=1.5)
+    with override_settings(CHANNEL_LAYERS=own_redis.layers()):
         run = tasks.mark.delay("after-restart")
     wait_for(lambda: settled([run]), 20, "a run after the Redis restart")
     assert worker.poll() is None
