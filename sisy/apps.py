@@ -8,7 +8,10 @@ class SisyConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self):
-        from sisy import checks  # noqa: F401  (registers the system checks)
+        from sisy import (
+            checks,  # noqa: F401  (registers the system checks)
+            scheduler,  # noqa: F401  (schedules and wakes on Task saves)
+        )
         from sisy.registry import autodiscover
 
         autodiscover()

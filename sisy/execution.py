@@ -37,7 +37,7 @@ from sisy.models import Run, Task
 from sisy.registry import registry
 
 __all__ = [
-    "claim", "claim_batch", "claim_exclusive", "claim_next",
+    "claim", "claim_batch", "claim_exclusive", "claim_next", "release",
     "execute", "execute_eagerly", "schedule_retry", "finish",
 ]
 
@@ -153,6 +153,16 @@ def claim_exclusive(channels: list[str], worker: str, *,
         if run is not None:
             return run
     return None
+
+
+def release(runs: list[Run], worker: str) -> int:
+    """Put claimed runs that ``worker`` has not started back in the queue (a clean stop)."""
+    released = Run.objects.filter(
+        pk__in=[run.pk for run in runs], status=Status.RUNNING, worker=worker
+    ).update(status=Status.QUEUED, started_at=None, worker="")
+    if released:
+        logger.info("Worker %s put %d claimed runs back in the queue.", worker, released)
+    return released
 
 
 def _error_text(exc: BaseException) -> tuple[str, str]:

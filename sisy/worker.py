@@ -26,7 +26,7 @@ from django.utils import timezone
 from sisy import dispatch
 from sisy.conf import get_settings
 from sisy.connections import tidy_connections
-from sisy.execution import claim, claim_batch, claim_exclusive, execute
+from sisy.execution import claim, claim_batch, claim_exclusive, execute, release
 from sisy.models import Worker as WorkerRow
 
 __all__ = ["Worker", "Heartbeat", "parse_message", "worker_name"]
@@ -166,9 +166,12 @@ class Worker:
                 runs = [run] if run is not None else []
             if not runs:
                 break
-            for run in runs:
+            for index, run in enumerate(runs):
+                if self.stop_event.is_set():
+                    release(runs[index:], self.name)
+                    break
                 self._run_claimed(run)
-            done += len(runs)
+                done += 1
         return done
 
     # -- the loops: one per thread, each with its own event loop for receiving -------------

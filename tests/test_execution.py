@@ -421,3 +421,19 @@ def test_batched_wake_ups_are_ordinary_channels_redis_messages_trimmed_to_capaci
     assert sorted(m["run"] for m in received) == [4, 5, 6, 7, 8]
     assert all(m["type"] == "sisy.run" and m["name"] == "tests.testapp.tasks.add"
                for m in received)
+
+
+def test_a_stopping_worker_puts_claimed_runs_it_has_not_started_back():
+    runs = [tasks.mark.delay(f"stop-{i}") for i in range(5)]
+    worker = Worker(name="stopper", manage_connections=False)
+    original = worker._run_claimed
+
+    def run_one_then_stop(run):
+        original(run)
+        worker.stop_event.set()
+
+    worker._run_claimed = run_one_then_stop
+    assert worker.drain() == 1
+    statuses = [Run.objects.get(pk=r.pk).status for r in runs]
+    assert statuses == ["succeeded", "queued", "queued", "queued", "queued"]
+    assert set(Run.objects.filter(status="queued").values_list("worker", flat=True)) == {""}
