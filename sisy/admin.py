@@ -171,7 +171,7 @@ class TaskAdmin(admin.ModelAdmin):
         return format_html("<span class='sisy-switch sisy-{}'>{} {}</span>",
                            "on" if info.switched_on else "off", icon, info.why)
 
-    @admin.display(description="last run")
+    @admin.display(description="latest run")
     def last_run_status(self, obj: Task) -> str:
         run = obj.runs.order_by("-scheduled_for", "-id").first()
         if run is None:
@@ -321,6 +321,8 @@ class RunAdmin(admin.ModelAdmin):
                               payload["done"], payload["total"], payload["percent"])
         elif obj.status == Run.Status.SUCCEEDED:
             bar = mark_safe("<progress value='1' max='1' data-sisy-progress>100%</progress>")
+        elif obj.finished:
+            return "—"
         else:  # indeterminate until the task reports a total
             bar = mark_safe("<progress data-sisy-progress></progress>")
         return format_html("{} <span data-sisy-progress-text>{}</span>", bar, payload["text"])
