@@ -256,7 +256,10 @@ class Scheduler:
 
                     logger.info("Task rows synced: %s.", sync_tasks(using=self.using))
                     synced = True
-                sleep = self.tick(self.clock())
+                started = self.clock()
+                sleep = self.tick(started)
+                # The sleep counts from the start of the tick: take off the tick's own time.
+                sleep -= (self.clock() - started).total_seconds()
                 backoff = 0.0
             except _CONNECTION_ERRORS as exc:
                 backoff = min(MAX_BACKOFF, backoff * 2 or 0.5)
@@ -316,6 +319,11 @@ class Scheduler:
         """Do everything due at ``now``; return how many seconds to sleep."""
         conf = get_settings()
         limit = self.max_sleep if self.max_sleep is not None else conf.HEARTBEAT_FREQUENCY
+        # Firing first: housekeeping must not delay a slot.
+        self._due_at = self._earliest_next_run() if conf.ENABLED else None
+        if self._due_at is not None and self._due_at <= now:
+            self.fire_due(now, conf)
+            self._due_at = self._earliest_next_run()
         redeliver_every, lost_every = self.recovery_intervals(conf)
         soon = now + TIMER_SLACK  # a sleep that ends a hair early must not cost a tick
         if self._next_redelivery is None or soon >= self._next_redelivery:
@@ -329,10 +337,6 @@ class Scheduler:
         if conf.RETENTION is not None and (self._next_prune is None or soon >= self._next_prune):
             self.prune(now, conf)
             self._next_prune = now + timedelta(seconds=PRUNE_INTERVAL)
-        self._due_at = self._earliest_next_run() if conf.ENABLED else None
-        if self._due_at is not None and self._due_at <= now:
-            self.fire_due(now, conf)
-            self._due_at = self._earliest_next_run()
         wake_at = [now + timedelta(seconds=limit), self._next_redelivery, self._next_lost_check]
         wake_at += [at for at in (self._due_at, self._deferred_at) if at is not None]
         return max(0.0, (min(wake_at) - now).total_seconds())

@@ -1,7 +1,7 @@
 """The scheduler's cost at 100 / 10,000 / 100,000 standing tasks, and a burst of due slots.
 
     python -m extra.bench.scheduler_bench [--sizes 100,10000,100000] [--burst 10000]
-                                          [--idle-seconds 15]
+                                          [--idle-seconds 15] [--lag 30]
 
 For each size, the ``sisy_task`` table of the PostgreSQL database
 ``sisy_bench`` (``SISY_BENCH_DB`` to change it) is refilled with that many
@@ -15,7 +15,9 @@ rows whose next slot is an hour or more away, and a fresh process measures:
 * RSS after all of the above.
 
 Then ``--burst`` rows are all made due in the same second and one scheduler
-fires them: time from the slot to the last run committed.
+fires them: time from the slot to the last run committed. Last, ``--lag``
+seconds of an every-second task with one scheduler and one idle worker give
+the start lag (``started_at - scheduled_for``), median and p99.
 """
 
 from __future__ import annotations
@@ -124,11 +126,45 @@ def measure_burst() -> dict:
             "fire_s": elapsed, "sent_s": sent, "rss_mib": common.rss_mib(os.getpid())}
 
 
+def measure_lag(seconds: float) -> dict:
+    """Start lag (``started_at - scheduled_for``) of an every-second task with an idle worker.
+
+    One ``sisy_heartbeat`` and one ``sisy_worker`` process; the task row is a
+    database row naming the registered ``bench.noop`` (it fails for want of its
+    argument, which does not matter here: ``started_at`` is set by the claim).
+    """
+    from datetime import UTC, datetime, timedelta
+
+    from sisy.models import Run, Task
+
+    fill(0, "* * * * * *", "now()")
+    Task.objects.create(name="bench.noop", label="lag probe", schedule="* * * * * *",
+                        allow_overlap=True,
+                        next_run=datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=3))
+    processes = [common.manage("sisy_worker", SISY_LOG="ERROR"), common.manage("sisy_heartbeat")]
+    time.sleep(seconds)
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.wait(timeout=30)
+    runs = list(Run.objects.filter(started_at__isnull=False, attempt=1)
+                .values_list("scheduled_for", "enqueued_at", "started_at"))
+    worker_up = min((started for _, _, started in runs), default=None)
+    runs = [run for run in runs if run[0] > worker_up]  # the worker was up for these
+    fired = [(enqueued - slot).total_seconds() * 1000 for slot, enqueued, _ in runs]
+    lags = [(started - slot).total_seconds() * 1000 for slot, _, started in runs]
+    return {"runs": len(lags), "fire_median_ms": common.median(fired),
+            "fire_p99_ms": common.percentile(fired, .99),
+            "median_ms": common.median(lags), "p99_ms": common.percentile(lags, .99)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="100,10000,100000")
     parser.add_argument("--burst", type=int, default=10_000)
     parser.add_argument("--idle-seconds", type=float, default=15.0)
+    parser.add_argument("--lag", type=float, default=30.0,
+                        help="seconds of the start-lag measurement (0: skip)")
     parser.add_argument("--child", choices=["idle", "burst"])
     options = parser.parse_args()
     if options.child == "idle":
@@ -160,6 +196,16 @@ def main() -> None:
             [[f"{r['runs']:,}", f"{r['fired']:,}", f"{r['fire_s']:.2f}", f"{r['sent_s']:.2f}",
               f"{r['rss_mib']:.1f}"]],
         ))
+    if options.lag:
+        r = measure_lag(options.lag)
+        print()
+        print(f"Start lag of an every-second task, one scheduler and one idle worker, "
+              f"{options.lag:g} s")
+        print(common.table(
+            ["runs", "fired: median ms", "fired: p99 ms", "started: median ms",
+             "started: p99 ms"],
+            [[r["runs"], f"{r['fire_median_ms']:.1f}", f"{r['fire_p99_ms']:.1f}",
+              f"{r['median_ms']:.1f}", f"{r['p99_ms']:.1f}"]]))
 
 
 if __name__ == "__main__":
