@@ -15,7 +15,8 @@ import pytest
 
 from tests.helpers import ROOT
 
-_spec = importlib.util.spec_from_file_location("sisy_screenshots", ROOT / "extra" / "screenshots.py")
+_spec = importlib.util.spec_from_file_location(
+    "sisy_screenshots", ROOT / "extra" / "screenshots.py")
 screenshots = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(screenshots)
 
