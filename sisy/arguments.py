@@ -50,7 +50,10 @@ class ArgumentSpec:
 
     def __init__(self, func, *, task_name: str, skip_first: bool = False):
         self.task_name = task_name
-        signature = inspect.signature(func)
+        try:  # string annotations (from __future__ import annotations) become types
+            signature = inspect.signature(func, eval_str=True)
+        except (NameError, AttributeError):  # a name imported under TYPE_CHECKING only
+            signature = inspect.signature(func)
         params = list(signature.parameters.values())
         if skip_first:
             params = params[1:]
@@ -104,10 +107,12 @@ class ArgumentSpec:
         bound = self._bind(args, kwargs)
         for name, value in bound.arguments.items():
             if name not in self.annotated:
+                if self.signature.parameters[name].kind is inspect.Parameter.VAR_POSITIONAL:
+                    value = list(value)  # *args always binds as a tuple
                 _check_json_native(value, f"Argument '{name}' of task '{self.task_name}'")
         model = self._validate(bound)
         try:
-            data = model.model_dump(mode="json")
+            data = model.model_dump(mode="json", exclude_unset=True)
             json.dumps(data, allow_nan=False)
         except (PydanticSerializationError, ValueError, TypeError) as exc:
             raise InvalidArguments(
