@@ -24,6 +24,8 @@ setup(
     ],
     extras_require={
         "postgres": ["psycopg[binary]>=3.1"],
+        # Django's Tasks framework on Django 5.2 (Django 6.0+ has django.tasks built in).
+        "django-tasks": ["django-tasks>=0.12"],
         "test": [
             "pytest>=8",
             "pytest-django>=4.8",
