@@ -174,3 +174,32 @@ class SeedJobs:
 
     def instance(self, message):
         return "needs an object"
+
+
+# -- fault-injection suite (tests/test_faults.py) --------------------------------------------
+
+@sisy.task(name="faults.work", retries=3, retry_backoff=0.2)
+def fault_work(token: str, ms: int = 0) -> int:
+    """Sleep ``ms`` milliseconds, then record one completed body for ``token``."""
+    import os
+    import time
+
+    from tests.testapp.models import Mark
+
+    time.sleep(ms / 1000)
+    Mark.objects.create(token=token, pid=os.getpid())
+    return ms
+
+
+@sisy.periodic("* * * * * *", name="faults.exclusive", enabled=False, allow_overlap=False,
+               takes_context=True)
+def fault_exclusive(context):
+    """Takes longer than its one-second period; switched on by the overlap scenario only."""
+    import os
+    import time
+
+    from tests.testapp.models import Mark
+
+    Mark.objects.create(token=f"exclusive-start:{context.run.pk}", pid=os.getpid())
+    time.sleep(2.5)
+    Mark.objects.create(token=f"exclusive-end:{context.run.pk}", pid=os.getpid())
