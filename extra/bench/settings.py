@@ -1,8 +1,9 @@
 """Settings for the benchmarks: PostgreSQL + Redis (default) or the embedded mode.
 
 ``SISY_BENCH_MODE=embedded`` selects SQLite + the in-memory layer. The
-PostgreSQL database is ``sisy_bench`` and the Redis key prefix ``sisy-bench``,
-so nothing of the tests or of other users is touched.
+PostgreSQL database is ``sisy_bench`` and the Redis key prefix ``sisy-bench``
+(``SISY_BENCH_DB`` and ``SISY_BENCH_PREFIX`` change them), so nothing of the
+tests or of other users is touched.
 """
 
 import os
@@ -13,6 +14,8 @@ USE_TZ = True
 TIME_ZONE = "UTC"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 INSTALLED_APPS = ["django.contrib.contenttypes", "channels", "sisy", "extra.bench.benchapp"]
+if os.environ.get("SISY_BENCH_PERIODIC"):  # W4 of python -m extra.bench: an every-second task
+    INSTALLED_APPS.append("extra.bench.periodicapp")
 MODE = os.environ.get("SISY_BENCH_MODE", "pg")
 
 if MODE == "embedded":
@@ -33,7 +36,8 @@ else:
     CHANNEL_LAYERS = {"default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
         "CONFIG": {"hosts": [{"address": "redis://127.0.0.1:6379/0", "socket_timeout": 10}],
-                   "prefix": "sisy-bench", "capacity": 100_000},
+                   "prefix": os.environ.get("SISY_BENCH_PREFIX", "sisy-bench"),
+                   "capacity": 100_000},
     }}
 
 SISY = {"POLL_INTERVAL": 1.0}
