@@ -22,7 +22,7 @@ def home(request):
 
 @require_POST
 def start_long_job(request):
-    run = long_job.delay(20)  # .delay() from a view: returns the queued Run at once
+    run = long_job.delay(steps=20)  # .delay() from a view: returns the queued Run at once
     return JsonResponse({"run": run.pk})
 
 
