@@ -36,7 +36,7 @@ from django.db import (
     connections,
     transaction,
 )
-from django.db.models import Q
+from django.db.models import DateTimeField, ExpressionWrapper, F, Q
 from django.db.models.signals import post_delete, post_save, pre_save
 from django.dispatch import receiver
 from django.utils import timezone
@@ -544,6 +544,7 @@ class Scheduler:
             unsent.order_by("not_before").values_list("not_before", flat=True).first())
         if first is None or first > now:
             return []
+        self._skip_past_deadline(now)
         with transaction.atomic(using=self.using):
             batch = list(
                 unsent.filter(not_before__lte=now)
@@ -559,6 +560,24 @@ class Scheduler:
             logger.info("Sent the wake-ups of %d queued runs again.", len(batch))
             wake_many(batch)
         return ids
+
+    def _skip_past_deadline(self, now: datetime) -> int:
+        """Record queued runs whose slot is older than their task's start_deadline as skipped."""
+        late = (
+            Run.objects.using(self.using)
+            .filter(status=Status.QUEUED, task__start_deadline__isnull=False)
+            .alias(deadline=ExpressionWrapper(F("scheduled_for") + F("task__start_deadline"),
+                                              output_field=DateTimeField()))
+            .filter(deadline__lt=now)
+        )
+        skipped = late.update(
+            status=Status.SKIPPED, finished_at=now,
+            error="Skipped: still queued after its task's start_deadline had passed.",
+        )
+        if skipped:
+            logger.warning("%d queued runs were past their start_deadline and are skipped.",
+                           skipped)
+        return skipped
 
     def recover_lost(self, now: datetime, conf: SisySettings | None = None) -> list[Run]:
         """Settle running runs whose worker stopped heart-beating; return them.

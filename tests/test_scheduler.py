@@ -427,6 +427,18 @@ def test_redelivery_sends_lost_and_stale_wake_ups_again(woken):
         assert run.sent_at == sent_at
 
 
+def test_redelivery_skips_queued_runs_past_their_start_deadline(woken):
+    task = make_task(start_deadline=timedelta(seconds=60), next_run=None, enabled=False)
+    late = queued_run(not_before=NOW - 2 * MIN, task=task)
+    in_time = queued_run(not_before=NOW - 30 * S, task=task)
+
+    assert Scheduler().redeliver(NOW) == [in_time.pk]
+
+    late.refresh_from_db()
+    assert (late.status, late.finished_at) == ("skipped", NOW)
+    assert late.error == "Skipped: still queued after its task's start_deadline had passed."
+
+
 def test_redelivery_is_bounded_and_oldest_first(woken):
     Run.objects.bulk_create(
         Run(task_name="testapp.add", channel="sisy.run_task", scheduled_for=NOW - i * S,
