@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+import time
 import traceback
 from datetime import datetime, timedelta
 
@@ -19,6 +20,8 @@ from asgiref.sync import async_to_sync
 from django.db import (
     DEFAULT_DB_ALIAS,
     IntegrityError,
+    InterfaceError,
+    OperationalError,
     connection,
     connections,
     transaction,
@@ -255,13 +258,39 @@ def _store_outcome(run: Run, *, durable: bool, using: str = DEFAULT_DB_ALIAS) ->
         return cursor.rowcount
 
 
+#: How long a worker keeps trying to store an outcome while the database is away.
+OUTCOME_RETRY_SECONDS = 60.0
+
+
+def _with_database_retries(func, *, what: str, seconds: float = OUTCOME_RETRY_SECONDS):
+    """Call ``func``; while the database connection fails, reconnect and try again.
+
+    The body of a run has already executed when its outcome is written, so a
+    lost connection (a database restart, a killed backend) must not lose it.
+    """
+    deadline = time.monotonic() + seconds
+    delay = 0.1
+    while True:
+        try:
+            return func()
+        except (OperationalError, InterfaceError) as exc:
+            if connection.in_atomic_block or time.monotonic() >= deadline:
+                raise
+            logger.warning("Could not store %s (%s); retrying in %.1f s.", what, exc, delay)
+            tidy_connections()
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
 def finish(run: Run, status: str, *, result=None, error: str = "", error_type: str = "",
            now: datetime | None = None) -> bool:
     """Store the outcome of a running run; False if it was no longer ours (lost worker)."""
     now = now or timezone.now()
     run.status, run.result, run.error, run.error_type, run.finished_at = (
         status, result, error, error_type, now)
-    done = _store_outcome(run, durable=get_settings().DURABLE_RESULTS)
+    done = _with_database_retries(
+        lambda: _store_outcome(run, durable=get_settings().DURABLE_RESULTS),
+        what=f"the outcome of run {run.pk}")
     if run.task_id is not None:
         Task.objects.filter(pk=run.task_id).update(running=False)
     if not done:

@@ -27,6 +27,7 @@ from sisy import dispatch
 from sisy.conf import get_settings
 from sisy.connections import tidy_connections
 from sisy.execution import claim, claim_batch, claim_exclusive, execute, release
+from sisy.models import Run
 from sisy.models import Worker as WorkerRow
 
 __all__ = ["Worker", "Heartbeat", "parse_message", "worker_name"]
@@ -120,14 +121,46 @@ class Worker:
         self.stop_event = threading.Event()
         self.processed = 0
         self.batch_size = batch_size
+        #: Runs this process has claimed and not yet finished (all threads), and the
+        #: lock that makes "claim, then remember" one step for the audit below.
+        self._held: set[int] = set()
+        #: Set after a database error: look for claims whose answer was lost.
+        self._audit_claims = False
+        self._claims_lock = threading.Lock()
         #: Ids this worker ran lately; their (duplicate or late) wake-ups need no query.
         self._recent: collections.deque[int] = collections.deque(maxlen=10_000)
 
     # -- one unit of work, run in a thread --------------------------------------
+    def _claim(self, func, *args, **kwargs) -> list:
+        with self._claims_lock:
+            result = func(*args, **kwargs)
+            runs = result if isinstance(result, list) else [result] if result else []
+            self._held.update(run.pk for run in runs)
+        return runs
+
     def _run_claimed(self, run) -> None:
-        execute(run, manage_connections=self.manage_connections)
+        try:
+            execute(run, manage_connections=self.manage_connections)
+        finally:
+            self._held.discard(run.pk)
         self.processed += 1
         self._recent.append(run.pk)
+
+    def recover_own_claims(self) -> int:
+        """Put back runs this worker claimed but is not executing.
+
+        After a lost database connection a claim may have committed without its
+        answer reaching us; such a run would stay ``running`` under a worker that
+        is alive and heart-beating, so nobody else would ever settle it.
+        """
+        with self._claims_lock:
+            stuck = Run.objects.filter(status=Run.Status.RUNNING, worker=self.name).exclude(
+                pk__in=list(self._held))
+            count = stuck.update(status=Run.Status.QUEUED, worker="", started_at=None)
+        if count:
+            logger.warning("Worker %s put %d runs it had claimed without knowing back in "
+                           "the queue after a database error.", self.name, count)
+        return count
 
     def _tidy_connections(self) -> None:
         if self.manage_connections:
@@ -143,11 +176,11 @@ class Worker:
         if run_id in self._recent:
             return False  # this worker already ran it while draining the table
         self._tidy_connections()
-        run = claim(run_id, self.name, name=name)
-        if run is None:
+        claimed = self._claim(claim, run_id, self.name, name=name)
+        if not claimed:
             logger.debug("Run %s (%s) was not claimable; another worker has it.", run_id, name)
             return False
-        self._run_claimed(run)
+        self._run_claimed(claimed[0])
         return True
 
     def drain(self, *, exclusive: bool = True) -> int:
@@ -160,15 +193,15 @@ class Worker:
         done = 0
         self._tidy_connections()
         while not self.stop_event.is_set():
-            runs = claim_batch(self.channels, self.name, limit=self.batch_size)
+            runs = self._claim(claim_batch, self.channels, self.name, limit=self.batch_size)
             if not runs and exclusive:
-                run = claim_exclusive(self.channels, self.name)
-                runs = [run] if run is not None else []
+                runs = self._claim(claim_exclusive, self.channels, self.name)
             if not runs:
                 break
             for index, run in enumerate(runs):
                 if self.stop_event.is_set():
                     release(runs[index:], self.name)
+                    self._held.difference_update(run.pk for run in runs[index:])
                     break
                 self._run_claimed(run)
                 done += 1
@@ -178,8 +211,12 @@ class Worker:
     def _guarded(self, func, *args, **kwargs):
         """Run ``func``; a database outage or a bug is logged and waited out, never fatal."""
         try:
+            if self._audit_claims:
+                self.recover_own_claims()
+                self._audit_claims = False
             return func(*args, **kwargs)
         except DatabaseError as exc:
+            self._audit_claims = True
             logger.warning("Worker %s lost the database (%s); retrying.", self.name, exc)
         except Exception:  # the worker must outlive anything
             logger.exception("Worker %s hit an unexpected error; continuing.", self.name)

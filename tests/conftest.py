@@ -132,3 +132,19 @@ def own_redis(tmp_path):
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def empty_redis_channels(settings):
+    """Start a test with no wake-ups left in Redis by an earlier one (Redis configuration)."""
+    layer = settings.CHANNEL_LAYERS["default"]
+    if "channels_redis" not in layer["BACKEND"]:
+        return
+    import redis
+
+    config = layer.get("CONFIG", {})
+    client = redis.Redis.from_url(config["hosts"][0]["address"])
+    keys = list(client.scan_iter(match=f"{config.get('prefix', 'asgi')}*"))
+    if keys:
+        client.delete(*keys)
+    client.close()

@@ -437,3 +437,14 @@ def test_a_stopping_worker_puts_claimed_runs_it_has_not_started_back():
     statuses = [Run.objects.get(pk=r.pk).status for r in runs]
     assert statuses == ["succeeded", "queued", "queued", "queued", "queued"]
     assert set(Run.objects.filter(status="queued").values_list("worker", flat=True)) == {""}
+
+
+def test_after_a_database_error_a_worker_requeues_claims_it_never_heard_back_about():
+    lost, held = tasks.add.delay(1), tasks.add.delay(2)
+    worker = Worker(name="auditor", manage_connections=False)
+    # The claim of `lost` committed but its answer never arrived; `held` is in hand.
+    Run.objects.filter(pk=lost.pk).update(status="running", worker="auditor")
+    worker._claim(claim, held.pk, "auditor")
+    assert worker.recover_own_claims() == 1
+    assert Run.objects.get(pk=lost.pk).status == "queued"
+    assert Run.objects.get(pk=held.pk).status == "running"

@@ -22,7 +22,8 @@ from tests.helpers import spawn_manage
 from tests.testapp import tasks
 from tests.testapp.models import Mark
 
-pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True),
+              pytest.mark.usefixtures("empty_redis_channels")]
 
 PG_REDIS = [pytest.mark.postgres, pytest.mark.redis]
 
@@ -62,21 +63,6 @@ class Processes:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-
-
-@pytest.fixture(autouse=True)
-def empty_redis_channels(settings):
-    """Start each test with no wake-ups left in Redis by an earlier one."""
-    config = settings.CHANNEL_LAYERS["default"].get("CONFIG", {})
-    if "channels_redis" not in settings.CHANNEL_LAYERS["default"]["BACKEND"]:
-        return
-    import redis
-
-    client = redis.Redis.from_url(config["hosts"][0]["address"])
-    keys = list(client.scan_iter(match=f"{config.get('prefix', 'asgi')}*"))
-    if keys:
-        client.delete(*keys)
-    client.close()
 
 
 @pytest.fixture
