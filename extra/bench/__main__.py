@@ -32,6 +32,13 @@ COLUMNS = {
 }
 DOCS = common.ROOT / "docs" / "performance.rst"
 BEGIN, END = ".. bench-table-begin", ".. bench-table-end"
+LEGEND = [
+    "(×) = ratio to the Celery column of the same run; ↑ higher is better, ↓ lower is better.",
+    "W4 Celery column: celery beat (PersistentScheduler, schedule 1.0 s) + 1 solo worker;",
+    "   Sisy: sisy_heartbeat + 1 sisy_worker (embedded: one sisy_run).",
+    "W5 Celery column: django-celery-beat's DatabaseScheduler (fire all due capped at 30 s).",
+    "Huey -w 2 -k process for W6; Huey and Procrastinate have no second-level scheduler (W4).",
+]
 
 
 def parse(argv=None):
@@ -227,11 +234,12 @@ def main(argv=None) -> None:
     header = f"{when}; {machine()}\n{settings}"
     print(header)
     print(table)
+    print("\n".join(LEGEND))
     for note in notes:
         print("error:", note)
     if options.docs:
-        body = "\n".join("    " + line for line in [header, "", *table.splitlines(),
-                                                      *("error: " + n for n in notes)])
+        body = "\n".join("    " + line for line in [header, "", *table.splitlines(), "",
+                                                      *LEGEND, *("error: " + n for n in notes)])
         write_docs(f"Measured {when} with ``python -m extra.bench {settings}``::\n\n{body}")
 
 
