@@ -119,6 +119,7 @@ def test_sisy_list_shows_each_task_why_and_its_last_run(isolated_registry, sisy_
     ]
 
 
+@pytest.mark.django_db(transaction=True)  # no open transaction may lock SQLite meanwhile
 def test_sisy_list_as_a_subprocess(run_manage):
     done = run_manage("sisy_list")
     assert done.returncode == 0, done.stderr
