@@ -40,9 +40,16 @@ logger = logging.getLogger(__name__)
 MESSAGE_TYPE = "sisy.run"
 
 
-def run_message(run: Run) -> dict:
-    """The wake-up message for a run: its id and registered name, nothing importable."""
-    return {"type": MESSAGE_TYPE, "run": run.pk, "name": run.task_name}
+def run_message(run: Run, now: datetime | None = None) -> dict:
+    """The wake-up message for a run: its id and registered name, nothing importable.
+
+    A run fired ahead of its slot also carries ``at``, its ``not_before`` as a
+    UNIX timestamp: the worker waits until then and starts it on time.
+    """
+    message = {"type": MESSAGE_TYPE, "run": run.pk, "name": run.task_name}
+    if run.not_before is not None and run.not_before > (now or timezone.now()):
+        message["at"] = run.not_before.timestamp()
+    return message
 
 
 class LocalWakeup:
@@ -51,11 +58,21 @@ class LocalWakeup:
     def __init__(self):
         self._condition = threading.Condition()
         self._generation = 0
+        #: The earliest future ``not_before`` announced (a slot fired ahead), or None.
+        self.next_at: datetime | None = None
 
-    def notify(self) -> None:
+    def notify(self, at: datetime | None = None) -> None:
         with self._condition:
             self._generation += 1
+            if at is not None and at > timezone.now():
+                self.next_at = at if self.next_at is None else min(self.next_at, at)
             self._condition.notify_all()
+
+    def take_next_at(self) -> datetime | None:
+        """Return and forget the earliest announced future start."""
+        with self._condition:
+            at, self.next_at = self.next_at, None
+            return at
 
     def wait(self, seen: int, timeout: float) -> int:
         """Block until a notification newer than ``seen`` or ``timeout``; return the generation."""
@@ -190,10 +207,11 @@ def wake_many(runs: Iterable[Run], *, layer_alias: str = "default") -> None:
     if not runs:
         return
     layer = get_channel_layer(layer_alias)
+    now = timezone.now()
     if layer is None or isinstance(layer, InMemoryChannelLayer):
-        local_wakeup.notify()
+        local_wakeup.notify(at=min(run.not_before or now for run in runs))
         return
-    sender.send(layer, ((run.channel, run_message(run)) for run in runs))
+    sender.send(layer, ((run.channel, run_message(run, now)) for run in runs))
 
 
 def wake(run: Run) -> None:

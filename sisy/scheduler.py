@@ -74,6 +74,10 @@ PRUNE_INTERVAL = 300.0
 PEEK_INTERVAL = 2.0
 #: Housekeeping due this close to a tick is done in that tick.
 TIMER_SLACK = timedelta(milliseconds=20)
+#: A slot is fired this long before it is due: its run is written and its wake-up sent
+#: ahead, and the worker waits for ``not_before`` (the message's ``at``) to start it,
+#: so the start lag is the worker's timer, not a database write plus a round trip.
+FIRE_AHEAD = timedelta(milliseconds=100)
 #: Longest back-off (seconds) after a database or channel-layer error.
 MAX_BACKOFF = 10.0
 
@@ -321,8 +325,9 @@ class Scheduler:
         limit = self.max_sleep if self.max_sleep is not None else conf.HEARTBEAT_FREQUENCY
         # Firing first: housekeeping must not delay a slot.
         self._due_at = self._earliest_next_run() if conf.ENABLED else None
-        if self._due_at is not None and self._due_at <= now:
-            self.fire_due(now, conf)
+        horizon = now + FIRE_AHEAD
+        if self._due_at is not None and self._due_at <= horizon:
+            self.fire_due(now, conf, horizon=horizon)
             self._due_at = self._earliest_next_run()
         redeliver_every, lost_every = self.recovery_intervals(conf)
         soon = now + TIMER_SLACK  # a sleep that ends a hair early must not cost a tick
@@ -338,7 +343,10 @@ class Scheduler:
             self.prune(now, conf)
             self._next_prune = now + timedelta(seconds=PRUNE_INTERVAL)
         wake_at = [now + timedelta(seconds=limit), self._next_redelivery, self._next_lost_check]
-        wake_at += [at for at in (self._due_at, self._deferred_at) if at is not None]
+        if self._due_at is not None:
+            wake_at.append(self._due_at - FIRE_AHEAD)
+        if self._deferred_at is not None:
+            wake_at.append(self._deferred_at)
         return max(0.0, (min(wake_at) - now).total_seconds())
 
     @staticmethod
@@ -371,21 +379,28 @@ class Scheduler:
 
     # Firing -----------------------------------------------------------------------
 
-    def fire_due(self, now: datetime, conf: SisySettings | None = None) -> list[Run]:
-        """Fire every slot due at ``now``; return the runs this scheduler created."""
+    def fire_due(self, now: datetime, conf: SisySettings | None = None, *,
+                 horizon: datetime | None = None) -> list[Run]:
+        """Fire every slot due by ``horizon`` (default ``now``); return the runs created.
+
+        ``now`` is when it happens (``enqueued_at``); slots after it and up to
+        ``horizon`` are fired ahead, and their runs wait for ``not_before``.
+        """
         conf = conf or get_settings()
         fired: list[Run] = []
         if not conf.ENABLED:
             return fired
+        horizon = max(now, horizon or now)
         for _ in range(MAX_FIRE_BATCHES):
-            created, seen = self._fire_batch(now, conf)
+            created, seen = self._fire_batch(now, conf, horizon)
             wake_many([run for run in created if run.status == Status.QUEUED])
             fired.extend(created)
             if seen < FIRE_BATCH:
                 break
         return fired
 
-    def _fire_batch(self, now: datetime, conf: SisySettings) -> tuple[list[Run], int]:
+    def _fire_batch(self, now: datetime, conf: SisySettings,
+                    horizon: datetime) -> tuple[list[Run], int]:
         """Fire up to :data:`FIRE_BATCH` due rows in one transaction.
 
         The rows are locked ``FOR UPDATE SKIP LOCKED``, so other schedulers
@@ -398,7 +413,7 @@ class Scheduler:
         with transaction.atomic(using=self.using):
             rows = list(
                 tasks.select_for_update(skip_locked=True)
-                .filter(next_run__lte=now)
+                .filter(next_run__lte=horizon)
                 .order_by("next_run", "pk")[:FIRE_BATCH]
             )
             if not rows:
@@ -415,7 +430,7 @@ class Scheduler:
             groups: dict[tuple, list[tuple[Task, list[Run]]]] = defaultdict(list)
             for row in rows:
                 values, runs = self._fire_row(row, now, conf, grace, row.pk in running, memo,
-                                              late)
+                                              late, horizon)
                 key = (row.next_run, tuple(sorted(values.items())))
                 groups[key].append((row, runs))
             if late:
@@ -443,7 +458,8 @@ class Scheduler:
         return [run for row, runs in members if row.pk in mine for run in runs]
 
     def _fire_row(self, row: Task, now: datetime, conf: SisySettings, grace: timedelta,
-                  running: bool, memo: dict, late: list[str]) -> tuple[dict, list[Run]]:
+                  running: bool, memo: dict, late: list[str],
+                  horizon: datetime | None = None) -> tuple[dict, list[Run]]:
         """Plan one due row: the row's new values and its unsaved runs."""
         overrides = conf.overrides_for(row.name) if row.name else {}
         if not row.is_switched_on(overrides):
@@ -457,7 +473,8 @@ class Scheduler:
             return memo[key]
 
         try:
-            plan = plan_slots(row, now, running=running, grace=grace, next_slot=next_slot)
+            plan = plan_slots(row, horizon or now, running=running, grace=grace,
+                              next_slot=next_slot)
         except Exception as exc:  # one bad row must not stop the others
             return self._switch_off(row, now, exc)
         values = {"next_run": plan.next_run, "iterations": plan.iterations}

@@ -17,6 +17,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 
 from channels.layers import InMemoryChannelLayer, get_channel_layer
@@ -40,6 +41,18 @@ MAX_BACKOFF = 5.0
 def worker_name(prefix: str = "") -> str:
     """A name unique across hosts and restarts: ``host:pid:random``."""
     return f"{prefix}{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+#: A message may ask a worker to wait at most this long (seconds) for its run's start.
+MAX_EARLY = 1.0
+
+
+def start_at(message: dict) -> float | None:
+    """The UNIX time at which a message's run may start (``at``), if well-formed."""
+    at = message.get("at")
+    if isinstance(at, int | float) and not isinstance(at, bool) and at == at:
+        return at
+    return None
 
 
 def parse_message(message: object) -> tuple[int, str] | None:
@@ -175,6 +188,11 @@ class Worker:
         run_id, name = parsed
         if run_id in self._recent:
             return False  # this worker already ran it while draining the table
+        at = start_at(message)
+        if at is not None:
+            early = at - time.time()
+            if 0 < early <= MAX_EARLY:
+                self.stop_event.wait(early)  # a slot fired ahead: start it on time
         self._tidy_connections()
         claimed = self._claim(claim, run_id, self.name, name=name)
         if not claimed:
@@ -252,6 +270,11 @@ class Worker:
         seen = dispatch.local_wakeup.generation
         try:
             while not self.stop_event.is_set():
+                at = dispatch.local_wakeup.take_next_at()
+                if at is not None:
+                    early = (at - timezone.now()).total_seconds()
+                    if 0 < early <= MAX_EARLY:
+                        self.stop_event.wait(early)  # a slot fired ahead: start it on time
                 self._guarded(self.drain)
                 seen = dispatch.local_wakeup.wait(seen, min(self.poll_interval, 1.0))
         finally:

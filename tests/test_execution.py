@@ -448,3 +448,21 @@ def test_after_a_database_error_a_worker_requeues_claims_it_never_heard_back_abo
     assert worker.recover_own_claims() == 1
     assert Run.objects.get(pk=lost.pk).status == "queued"
     assert Run.objects.get(pk=held.pk).status == "running"
+
+
+def test_a_message_fired_ahead_is_started_at_its_slot_not_before():
+    slot = timezone.now() + timedelta(milliseconds=200)
+    run = tasks.add.using(run_after=slot).delay(1)
+    worker = Worker(name="w", manage_connections=False)
+    message = {"type": "sisy.run", "run": run.pk, "name": run.task_name, "at": slot.timestamp()}
+    assert worker.handle_message(message) is True
+    run.refresh_from_db()
+    assert run.status == "succeeded"
+    assert run.started_at >= slot
+
+
+@pytest.mark.parametrize("at", ["soon", None, True, float("nan")])
+def test_a_malformed_at_is_ignored(at):
+    run = tasks.add.delay(1)
+    message = {"type": "sisy.run", "run": run.pk, "name": run.task_name, "at": at}
+    assert Worker(name="w", manage_connections=False).handle_message(message) is True

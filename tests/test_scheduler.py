@@ -75,11 +75,25 @@ def test_the_run_uses_the_task_channel_and_the_seed_label(woken):
     assert (run.task_name, run.channel, run.exclusive) == ("seed label", "reports", False)
 
 
-def test_tick_sleeps_until_the_earliest_slot():
+def test_tick_sleeps_until_the_earliest_slot_minus_the_fire_ahead_time():
     make_task(schedule="* * * * * *", next_run=NOW + timedelta(milliseconds=250))
 
-    assert Scheduler().tick(NOW) == 0.25
+    assert Scheduler().tick(NOW) == 0.15  # 250 ms - FIRE_AHEAD
     assert Scheduler(max_sleep=0.1).tick(NOW) == 0.1
+
+
+def test_a_slot_due_within_the_fire_ahead_time_is_fired_ahead_and_says_when_to_start():
+    from sisy.dispatch import run_message
+    from sisy.scheduler import FIRE_AHEAD
+
+    slot = NOW + FIRE_AHEAD / 2
+    row = make_task(schedule="* * * * * *", next_run=slot)
+    Scheduler().tick(NOW)
+    run = Run.objects.get(task=row)
+    assert (run.scheduled_for, run.not_before, run.enqueued_at) == (slot, slot, NOW)
+    assert run_message(run, NOW) == {"type": "sisy.run", "run": run.pk, "name": run.task_name,
+                                     "at": slot.timestamp()}
+    assert "at" not in run_message(run, slot)
 
 
 def test_tick_sleeps_until_a_deferred_run_comes_due():
