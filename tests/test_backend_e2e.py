@@ -21,13 +21,14 @@ except ImportError as exc:  # Django 5.2 without the backport: pip install "sisy
     pytest.skip(str(exc), allow_module_level=True)
 
 from tests.settings_tasks import TASKS
-from tests.test_worker_e2e import Processes, empty_redis_channels, wait_for  # noqa: F401
+from tests.test_worker_e2e import Processes, wait_for
 
 with override_settings(TASKS=TASKS):
     from tests.djangotasks import tasks as djtasks
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres, pytest.mark.redis,
-              pytest.mark.django_db(transaction=True)]
+              pytest.mark.django_db(transaction=True),
+              pytest.mark.usefixtures("empty_redis_channels")]
 
 WORKER_ENV = {
     "DJANGO_SETTINGS_MODULE": "tests.settings_tasks",
