@@ -19,6 +19,7 @@ import socket
 import threading
 import time
 import uuid
+from datetime import timedelta
 
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 from django.db import DatabaseError, connection
@@ -188,15 +189,20 @@ class Worker:
         run_id, name = parsed
         if run_id in self._recent:
             return False  # this worker already ran it while draining the table
-        at = start_at(message)
-        if at is not None:
-            early = at - time.time()
-            if 0 < early <= MAX_EARLY:
-                self.stop_event.wait(early)  # a slot fired ahead: start it on time
         self._tidy_connections()
-        claimed = self._claim(claim, run_id, self.name, name=name)
+        at = start_at(message)
+        early = 0.0 if at is None else at - time.time()
+        if not 0 < early <= MAX_EARLY:
+            early = 0.0
+        # A slot fired ahead is claimed ahead too, so that it starts on the dot.
+        claim_time = timezone.now() + timedelta(seconds=early)
+        claimed = self._claim(claim, run_id, self.name, name=name, now=claim_time)
         if not claimed:
             logger.debug("Run %s (%s) was not claimable; another worker has it.", run_id, name)
+            return False
+        if early and self.stop_event.wait(max(0.0, at - time.time())):
+            release(claimed, self.name)  # asked to stop before its start: give it back
+            self._held.discard(run_id)
             return False
         self._run_claimed(claimed[0])
         return True

@@ -466,3 +466,14 @@ def test_a_malformed_at_is_ignored(at):
     run = tasks.add.delay(1)
     message = {"type": "sisy.run", "run": run.pk, "name": run.task_name, "at": at}
     assert Worker(name="w", manage_connections=False).handle_message(message) is True
+
+
+def test_a_run_claimed_ahead_goes_back_when_the_worker_stops_before_its_slot():
+    slot = timezone.now() + timedelta(milliseconds=500)
+    run = tasks.add.using(run_after=slot).delay(1)
+    worker = Worker(name="w", manage_connections=False)
+    worker.stop_event.set()
+    message = {"type": "sisy.run", "run": run.pk, "name": run.task_name, "at": slot.timestamp()}
+    assert worker.handle_message(message) is False
+    run.refresh_from_db()
+    assert (run.status, run.worker, run.started_at) == ("queued", "", None)
