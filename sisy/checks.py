@@ -7,6 +7,9 @@
 ``E004``     ``CHANNEL_LAYERS`` has no ``default`` layer.
 ``W001``     A ``SISY["TASKS"]`` name or glob matches no registered task.
 ``W002``     channels-redis with redis-py 8 and no ``socket_timeout`` above 5 s.
+``E020``     (``SisyBackend.check()``) Sisy is not in ``INSTALLED_APPS``.
+``E021``     (``SisyBackend.check()``) a Tasks queue has no Sisy channel.
+``E022``     (``SisyBackend.check()``) bad backend ``OPTIONS`` or channel name.
 ===========  ==============================================================
 """
 
