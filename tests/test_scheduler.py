@@ -382,6 +382,7 @@ DST_CASES = {
 
 
 @pytest.mark.parametrize("case", DST_CASES.values(), ids=DST_CASES.keys())
+@pytest.mark.faults  # fault-injection scenario 10 (DST)
 def test_daylight_saving_policy(woken, case):
     zone, schedule, start, until, expected = case
     task = make_task(schedule=schedule, timezone=zone, next_run=None)
