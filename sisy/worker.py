@@ -21,7 +21,7 @@ import time
 import uuid
 from datetime import timedelta
 
-from channels.layers import InMemoryChannelLayer, get_channel_layer
+from channels.layers import InMemoryChannelLayer, channel_layers, get_channel_layer
 from django.db import DatabaseError, connection
 from django.utils import timezone
 
@@ -248,7 +248,10 @@ class Worker:
         self.stop_event.wait(1.0)
         return None
 
-    def _consume_layer(self, layer, channel: str) -> None:
+    def _consume_layer(self, channel: str) -> None:
+        # Each thread gets its own layer instance: channels-redis keeps per-layer
+        # asyncio locks that must not be shared between event loops.
+        layer = channel_layers.make_backend(self.layer_alias)
         loop = asyncio.new_event_loop()
         backoff = 0.1
         try:
@@ -269,7 +272,7 @@ class Worker:
                 self._guarded(self.handle_message, message)
                 self._guarded(self.drain, exclusive=False)
         finally:
-            _close_loop(loop)
+            _close_loop(loop, layer)
             connection.close()
 
     def _consume_local(self) -> None:
@@ -290,7 +293,7 @@ class Worker:
         layer = get_channel_layer(self.layer_alias)
         if layer is None or isinstance(layer, InMemoryChannelLayer):
             return [(self._consume_local, ()) for _ in range(self.concurrency)]
-        return [(self._consume_layer, (layer, channel))
+        return [(self._consume_layer, (channel,))
                 for channel in self.channels for _ in range(self.concurrency)]
 
     def request_stop(self) -> None:
@@ -325,10 +328,16 @@ class Worker:
             logger.info("Worker %s stopped after %d runs", self.name, self.processed)
 
 
-def _close_loop(loop: asyncio.AbstractEventLoop) -> None:
+def _close_loop(loop: asyncio.AbstractEventLoop, layer=None) -> None:
     pending = [task for task in asyncio.all_tasks(loop) if not task.done()]
     for task in pending:
         task.cancel()
     if pending:
         loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+    close = getattr(layer, "close_pools", None)
+    if close is not None:
+        try:
+            loop.run_until_complete(close())
+        except Exception:  # a broken connection may refuse to close
+            pass
     loop.close()

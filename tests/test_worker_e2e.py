@@ -191,3 +191,18 @@ def test_sisy_run_picks_up_runs_enqueued_by_another_process(procs, settings):
     took = time.monotonic() - started
     print(f"\nembedded sisy_run picked up a run from another process in {took:.2f} s")
     assert took < 2.0
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+def test_concurrency_runs_several_runs_at_once_on_two_channels(procs):
+    worker = procs.start("sisy_worker", "--concurrency", "2", "--channel", "sisy.run_task",
+                         "--channel", "sisy.other")
+    runs = [tasks.mark.delay(f"conc-{i}", sleep=0.5) for i in range(6)]
+    wait_for(lambda: settled(runs), 30, "six half-second runs")
+    spans = sorted(Run.objects.filter(pk__in=[r.pk for r in runs])
+                   .values_list("started_at", "finished_at"))
+    overlapping = sum(1 for a, b in zip(spans, spans[1:], strict=False) if b[0] < a[1])
+    assert worker.poll() is None
+    assert Run.objects.filter(pk__in=[r.pk for r in runs], status="succeeded").count() == 6
+    assert overlapping >= 2  # two threads worked at once
