@@ -2,7 +2,7 @@
 
 from django.db import connections
 
-__all__ = ["tidy_connections"]
+__all__ = ["tidy_connections", "execute_write"]
 
 
 def tidy_connections() -> None:
@@ -26,3 +26,22 @@ def tidy_connections() -> None:
                 conn.errors_occurred = False
             else:
                 conn.close()
+
+
+def execute_write(conn, sql: str, params, *, durable: bool):
+    """Execute one write statement and return the cursor's first row and row count.
+
+    Outside a transaction on PostgreSQL, ``durable=False`` commits it with
+    ``synchronous_commit = off``: the statement and ``SET LOCAL`` travel as one
+    simple query, which PostgreSQL runs as one implicit transaction, so the
+    setting covers this statement only. Elsewhere it is a plain ``execute``.
+    """
+    async_commit = not durable and conn.vendor == "postgresql" and not conn.in_atomic_block
+    with conn.cursor() as cursor:
+        if async_commit:
+            cursor.execute("SET LOCAL synchronous_commit TO OFF; " + sql, params)
+            cursor.nextset()
+        else:
+            cursor.execute(sql, params)
+        row = cursor.fetchone() if cursor.description else None
+        return row, cursor.rowcount

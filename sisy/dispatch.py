@@ -31,6 +31,7 @@ from django.db import DEFAULT_DB_ALIAS, connections, transaction
 from django.utils import timezone
 
 from sisy.conf import get_settings
+from sisy.connections import execute_write
 from sisy.models import Run
 
 __all__ = ["enqueue", "wake", "wake_many", "run_message", "Sender", "local_wakeup"]
@@ -248,15 +249,7 @@ def _insert(run: Run, *, durable: bool, using: str = DEFAULT_DB_ALIAS) -> Run:
         return run
     fields, sql = _insert_plan(conn.vendor)
     values = [f.get_db_prep_save(getattr(run, f.attname), conn) for f in fields]
-    async_commit = not durable and conn.vendor == "postgresql" and not conn.in_atomic_block
-    with conn.cursor() as cursor:
-        if async_commit:
-            # One simple query = one implicit transaction, so SET LOCAL covers just this row.
-            cursor.execute("SET LOCAL synchronous_commit TO OFF; " + sql, values)
-            cursor.nextset()
-        else:
-            cursor.execute(sql, values)
-        run.pk = cursor.fetchone()[0]
+    (run.pk,), _ = execute_write(conn, sql, values, durable=durable)
     run._state.adding, run._state.db = False, using
     return run
 

@@ -31,7 +31,7 @@ from pydantic_core import PydanticSerializationError, to_jsonable_python
 
 from sisy import signals
 from sisy.conf import get_settings
-from sisy.connections import tidy_connections
+from sisy.connections import execute_write, tidy_connections
 from sisy.context import TaskContext
 from sisy.dispatch import run_message
 from sisy.exceptions import UnknownTask
@@ -248,14 +248,8 @@ def _store_outcome(run: Run, *, durable: bool, using: str = DEFAULT_DB_ALIAS) ->
     sql = (f"UPDATE {Run._meta.db_table} SET {assignments} "
            "WHERE id = %s AND status = %s AND worker = %s")
     params = [*values, run.pk, Status.RUNNING, run.worker]
-    async_commit = not durable and conn.vendor == "postgresql" and not conn.in_atomic_block
-    with conn.cursor() as cursor:
-        if async_commit:
-            cursor.execute("SET LOCAL synchronous_commit TO OFF; " + sql, params)
-            cursor.nextset()
-        else:
-            cursor.execute(sql, params)
-        return cursor.rowcount
+    _, count = execute_write(conn, sql, params, durable=durable)
+    return count
 
 
 #: How long a worker keeps trying to store an outcome while the database is away.

@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 __all__ = [
     "ROOT",
+    "wait_for",
     "manage_env",
     "run_manage",
     "spawn_manage",
@@ -125,3 +126,15 @@ def uses_redis(settings) -> bool:
         "channels_redis" in layer.get("BACKEND", "")
         for layer in getattr(settings, "CHANNEL_LAYERS", {}).values()
     )
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.05) -> None:
+    """Poll ``predicate`` until it is true; fail naming ``what`` after ``timeout`` seconds."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")

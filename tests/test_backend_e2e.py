@@ -20,8 +20,9 @@ except ImportError as exc:  # Django 5.2 without the backport: pip install "sisy
         raise
     pytest.skip(str(exc), allow_module_level=True)
 
+from tests.helpers import wait_for
 from tests.settings_tasks import TASKS
-from tests.test_worker_e2e import Processes, wait_for
+from tests.test_worker_e2e import Processes
 
 with override_settings(TASKS=TASKS):
     from tests.djangotasks import tasks as djtasks

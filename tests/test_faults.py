@@ -29,7 +29,7 @@ from django.utils import timezone
 from sisy.exceptions import InvalidArguments
 from sisy.models import Run, Task
 from sisy.scheduler import Scheduler
-from tests.helpers import ROOT, manage_env, spawn_manage
+from tests.helpers import ROOT, manage_env, spawn_manage, wait_for
 from tests.testapp import tasks
 from tests.testapp.models import Mark
 
@@ -42,15 +42,6 @@ FAST = {"WORKER_HEARTBEAT": 1.0, "REDELIVERY_INTERVAL": 2.0, "HEARTBEAT_FREQUENC
         "POLL_INTERVAL": 0.5}
 #: Seconds the many-schedulers scenario runs (>= 60 slots of an every-second task).
 SCHEDULER_SECONDS = float(os.environ.get("SISY_FAULTS_SECONDS", "62"))
-
-
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def report(name: str, **counts) -> None:

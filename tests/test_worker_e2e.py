@@ -18,7 +18,7 @@ from django.db.models import Count
 from django.test import override_settings
 
 from sisy.models import Run, Worker
-from tests.helpers import spawn_manage
+from tests.helpers import spawn_manage, wait_for
 from tests.testapp import tasks
 from tests.testapp.models import Mark
 
@@ -26,15 +26,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True),
               pytest.mark.usefixtures("empty_redis_channels")]
 
 PG_REDIS = [pytest.mark.postgres, pytest.mark.redis]
-
-
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 class Processes:
