@@ -135,7 +135,9 @@ def claim_batch(channels: list[str], worker: str, *, now: datetime | None = None
     where = (f"id IN (SELECT id FROM {table} WHERE status = %s AND not_before <= %s "
              f"AND channel IN ({marks}) AND NOT exclusive ORDER BY not_before, id "
              f"LIMIT %s{lock})")
-    return _claim_sql(where, [Status.QUEUED, now, *channels, limit], worker, now)
+    runs = _claim_sql(where, [Status.QUEUED, now, *channels, limit], worker, now)
+    # RETURNING keeps no order: run them oldest first, as they were chosen.
+    return sorted(runs, key=lambda run: (run.not_before, run.pk))
 
 
 def claim_next(channels: list[str], worker: str, *, now: datetime | None = None) -> Run | None:
