@@ -44,6 +44,10 @@ def worker_name(prefix: str = "") -> str:
     return f"{prefix}{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
+#: In-process workers look at the table this often (seconds) while work keeps coming,
+#: for BUSY_SECONDS after they last found some.
+BUSY_POLL = 0.02
+BUSY_SECONDS = 5.0
 #: A message may ask a worker to wait at most this long (seconds) for its run's start.
 MAX_EARLY = 1.0
 
@@ -277,6 +281,7 @@ class Worker:
 
     def _consume_local(self) -> None:
         seen = dispatch.local_wakeup.generation
+        busy_until = 0.0
         try:
             while not self.stop_event.is_set():
                 at = dispatch.local_wakeup.take_next_at()
@@ -284,10 +289,22 @@ class Worker:
                     early = (at - timezone.now()).total_seconds()
                     if 0 < early <= MAX_EARLY:
                         self.stop_event.wait(early)  # a slot fired ahead: start it on time
-                self._guarded(self.drain)
-                seen = dispatch.local_wakeup.wait(seen, min(self.poll_interval, 1.0))
+                if self._guarded(self.drain):
+                    busy_until = time.monotonic() + BUSY_SECONDS
+                seen = dispatch.local_wakeup.wait(seen, self._local_poll(busy_until))
         finally:
             connection.close()
+
+    def _local_poll(self, busy_until: float) -> float:
+        """How long an in-process worker waits before it looks at the table again.
+
+        Runs queued by other processes (a web process) reach it only through
+        the table: right after it found work it looks every ``BUSY_POLL``
+        seconds, otherwise every ``POLL_INTERVAL``.
+        """
+        if time.monotonic() < busy_until:
+            return min(BUSY_POLL, self.poll_interval)
+        return min(self.poll_interval, 1.0)
 
     def _consumers(self):
         layer = get_channel_layer(self.layer_alias)
