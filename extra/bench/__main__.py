@@ -238,9 +238,10 @@ def main(argv=None) -> None:
     for note in notes:
         print("error:", note)
     if options.docs:
-        body = "\n".join("    " + line for line in [header, "", *table.splitlines(), "",
-                                                      *LEGEND, *("error: " + n for n in notes)])
-        write_docs(f"Measured {when} with ``python -m extra.bench {settings}``::\n\n{body}")
+        lines = [f"{when}; {machine()}", "", *table.splitlines(), "", *LEGEND,
+                 *("error: " + n for n in notes)]
+        body = "\n".join(("    " + line).rstrip() for line in lines)
+        write_docs(f"Measured with ``python -m extra.bench {settings}``::\n\n{body}")
 
 
 if __name__ == "__main__":
