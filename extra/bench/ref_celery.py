@@ -52,8 +52,7 @@ def cleanup() -> None:
     import redis
 
     client = redis.Redis.from_url(BROKER)
-    for pattern in (QUEUE, QUEUE + "*", "_kombu.binding.*", "unacked*", "*.reply.celery.pidbox",
-                    "_kombu.binding.celery*"):
+    for pattern in (QUEUE, QUEUE + "*", "_kombu.binding*", "unacked*", "*.reply.celery.pidbox"):
         keys = list(client.scan_iter(match=pattern, count=1000))
         if keys:
             client.delete(*keys)
