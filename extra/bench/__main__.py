@@ -37,7 +37,8 @@ LEGEND = [
     "W4 Celery column: celery beat (PersistentScheduler, schedule 1.0 s) + 1 solo worker;",
     "   Sisy: sisy_heartbeat + 1 sisy_worker (embedded: one sisy_run).",
     "W5 Celery column: django-celery-beat's DatabaseScheduler (fire all due capped at 30 s).",
-    "Huey -w 2 -k process for W6; Huey and Procrastinate have no second-level scheduler (W4).",
+    "Huey -w 2 -k process for W6. W4: Huey's periodic tasks work to the minute;",
+    "   Procrastinate's periodic tasks are not measured yet.",
 ]
 
 
