@@ -10,6 +10,7 @@ and a run that loses that race is recorded as ``skipped``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import random
 import time
@@ -40,7 +41,7 @@ from sisy.models import Run, Task
 from sisy.registry import registry
 
 __all__ = [
-    "claim", "claim_batch", "claim_exclusive", "claim_next", "release",
+    "claim", "claim_batch", "claim_exclusive", "claim_next", "release", "prepare",
     "execute", "execute_eagerly", "schedule_retry", "finish",
 ]
 
@@ -165,6 +166,9 @@ def release(runs: list[Run], worker: str) -> int:
     released = Run.objects.filter(
         pk__in=[run.pk for run in runs], status=Status.RUNNING, worker=worker
     ).update(status=Status.QUEUED, started_at=None, worker="")
+    tasks = {run.task_id for run in runs if run.task_id is not None}
+    if tasks:
+        Task.objects.filter(pk__in=tasks).update(running=False)
     if released:
         logger.info("Worker %s put %d claimed runs back in the queue.", worker, released)
     return released
@@ -310,7 +314,33 @@ def _settle(run: Run, definition, context: TaskContext | None, status: str, **ou
     signals.run_finished.send(sender=definition, run=run, status=status)
 
 
-def execute(run: Run, *, manage_connections: bool = True) -> Run:
+@dataclasses.dataclass
+class Prepared:
+    """What :func:`prepare` found for a run: its definition and context, or the error."""
+
+    definition: object | None = None
+    context: TaskContext | None = None
+    error: BaseException | None = None
+
+
+def prepare(run: Run) -> Prepared:
+    """Do the database work that comes before calling a claimed run's function.
+
+    A worker that claimed a run ahead of its slot prepares it while it waits,
+    so that at the slot only the call is left.
+    """
+    try:
+        definition = _definition_for(run)
+        if run.task_id is not None:
+            Task.objects.filter(pk=run.task_id).update(running=True)
+        context = TaskContext(definition, run, run.task) if definition.takes_context else None
+    except BaseException as exc:  # reported as the run's failure by execute()
+        return Prepared(error=exc)
+    return Prepared(definition, context)
+
+
+def execute(run: Run, *, manage_connections: bool = True,
+            prepared: Prepared | None = None) -> Run:
     """Call the function of a claimed (running) run and record the outcome.
 
     Never raises for anything the task does: exceptions, ``sys.exit()``,
@@ -321,16 +351,13 @@ def execute(run: Run, *, manage_connections: bool = True) -> Run:
     """
     if manage_connections:
         tidy_connections()
-    definition = None
-    context = None
+    prepared = prepared or prepare(run)
+    definition, context = prepared.definition, prepared.context
     # A run claimed in a batch waited for the ones before it; it starts now.
     run.started_at = timezone.now()
     try:
-        definition = _definition_for(run)
-        if run.task_id is not None:
-            Task.objects.filter(pk=run.task_id).update(running=True)
-        if definition.takes_context:
-            context = TaskContext(definition, run, run.task)
+        if prepared.error is not None:
+            raise prepared.error
         signals.run_started.send(sender=definition, run=run)
         value = _call(definition, run, context)
         try:

@@ -28,7 +28,7 @@ from django.utils import timezone
 from sisy import dispatch
 from sisy.conf import get_settings
 from sisy.connections import tidy_connections
-from sisy.execution import claim, claim_batch, claim_exclusive, execute, release
+from sisy.execution import claim, claim_batch, claim_exclusive, execute, prepare, release
 from sisy.models import Run
 from sisy.models import Worker as WorkerRow
 
@@ -156,9 +156,9 @@ class Worker:
             self._held.update(run.pk for run in runs)
         return runs
 
-    def _run_claimed(self, run) -> None:
+    def _run_claimed(self, run, prepared=None) -> None:
         try:
-            execute(run, manage_connections=self.manage_connections)
+            execute(run, manage_connections=self.manage_connections, prepared=prepared)
         finally:
             self._held.discard(run.pk)
         self.processed += 1
@@ -204,11 +204,14 @@ class Worker:
         if not claimed:
             logger.debug("Run %s (%s) was not claimable; another worker has it.", run_id, name)
             return False
-        if early and self.stop_event.wait(max(0.0, at - time.time())):
-            release(claimed, self.name)  # asked to stop before its start: give it back
-            self._held.discard(run_id)
-            return False
-        self._run_claimed(claimed[0])
+        prepared = None
+        if early:
+            prepared = prepare(claimed[0])  # the database work, before the slot
+            if self.stop_event.wait(max(0.0, at - time.time())):
+                release(claimed, self.name)  # asked to stop before its start: give it back
+                self._held.discard(run_id)
+                return False
+        self._run_claimed(claimed[0], prepared)
         return True
 
     def drain(self, *, exclusive: bool = True) -> int:
