@@ -218,15 +218,18 @@ class Worker:
         """Claim and run due queued runs until none is left or we are asked to stop.
 
         Runs are claimed ``batch_size`` at a time in one statement. Runs of
-        tasks that forbid overlap are claimed one by one, and only when
-        ``exclusive`` is true (the polling path; wake-ups name them directly).
+        tasks that forbid overlap (standing tasks, by default) are claimed one
+        by one, before each batch, so that a long backlog of one-shot runs
+        does not hold back a slot that is due. Right after a wake-up
+        (``exclusive=False``) the first look skips them: the wake-up named its
+        run directly.
         """
         done = 0
         self._tidy_connections()
         while not self.stop_event.is_set():
-            runs = self._claim(claim_batch, self.channels, self.name, limit=self.batch_size)
-            if not runs and exclusive:
-                runs = self._claim(claim_exclusive, self.channels, self.name)
+            runs = self._claim(claim_exclusive, self.channels, self.name) if exclusive else []
+            exclusive = True  # from the second batch on: a backlog is being drained
+            runs += self._claim(claim_batch, self.channels, self.name, limit=self.batch_size)
             if not runs:
                 break
             for index, run in enumerate(runs):

@@ -477,3 +477,24 @@ def test_a_run_claimed_ahead_goes_back_when_the_worker_stops_before_its_slot():
     assert worker.handle_message(message) is False
     run.refresh_from_db()
     assert (run.status, run.worker, run.started_at) == ("queued", "", None)
+
+
+def test_a_due_standing_slot_is_not_held_back_by_a_backlog_of_one_shot_runs():
+    backlog = [tasks.mark.delay(f"backlog-{i}") for i in range(25)]
+    row = Task.objects.create(name="slot-task", schedule="* * * * *", allow_overlap=False)
+    now = timezone.now()
+    slot = Run.objects.create(task=row, task_name="exec.mark", args=["slot"],
+                              channel="sisy.run_task", scheduled_for=now, not_before=now,
+                              exclusive=True)
+    order = []
+    worker = Worker(name="w", manage_connections=False)
+    original = worker._run_claimed
+
+    def record(run, prepared=None):
+        order.append(run.pk)
+        original(run, prepared)
+
+    worker._run_claimed = record
+    assert worker.drain(exclusive=False) == 26
+    assert order.index(slot.pk) <= 10  # after at most one batch, not after all 25
+    assert order[-1] == backlog[-1].pk
