@@ -264,13 +264,18 @@ class Worker:
         layer = channel_layers.make_backend(self.layer_alias)
         loop = asyncio.new_event_loop()
         backoff = 0.1
+        next_poll = time.monotonic() + self.poll_interval
         try:
             while not self.stop_event.is_set():
-                try:
-                    message = loop.run_until_complete(
-                        asyncio.wait_for(layer.receive(channel), self.poll_interval))
-                except TimeoutError:
+                if time.monotonic() >= next_poll:
+                    # Look at the table every POLL_INTERVAL even while wake-ups keep
+                    # coming: a lost one must not wait for a quiet second.
                     self._guarded(self.drain)
+                    next_poll = time.monotonic() + self.poll_interval
+                try:
+                    message = loop.run_until_complete(asyncio.wait_for(
+                        layer.receive(channel), max(0.01, next_poll - time.monotonic())))
+                except TimeoutError:
                     continue
                 except Exception as exc:  # a bad message or a lost Redis must not kill us
                     logger.warning("Worker %s could not receive on %s: %r; retrying in %.1f s.",

@@ -498,3 +498,31 @@ def test_a_due_standing_slot_is_not_held_back_by_a_backlog_of_one_shot_runs():
     assert worker.drain(exclusive=False) == 26
     assert order.index(slot.pk) <= 10  # after at most one batch, not after all 25
     assert order[-1] == backlog[-1].pk
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_busy_worker_still_looks_at_the_table_every_poll_interval(monkeypatch):
+    """A lost wake-up is found by the poll even when other messages never stop coming."""
+    import asyncio
+    import threading
+
+    class BusyLayer:
+        async def receive(self, channel):
+            await asyncio.sleep(0.01)
+            return {"type": "sisy.run", "run": 10**9, "name": "not.this"}
+
+    monkeypatch.setattr("sisy.worker.channel_layers.make_backend", lambda alias: BusyLayer())
+    # A standing task's slot (exclusive) whose wake-up is lost: the layer never delivers it.
+    row = Task.objects.create(name="busy-slot", schedule="* * * * *", allow_overlap=False)
+    now = timezone.now()
+    run = Run.objects.create(task=row, task_name="tests.testapp.tasks.add", args=[2, 2],
+                             channel="sisy.run_task", scheduled_for=now, not_before=now,
+                             exclusive=True)
+    worker = Worker(name="busy", poll_interval=0.2)
+    thread = threading.Thread(target=worker._consume_layer, args=("sisy.run_task",))
+    thread.start()
+    try:
+        assert run.wait(timeout=5) == 4
+    finally:
+        worker.stop_event.set()
+        thread.join(timeout=5)
