@@ -39,6 +39,8 @@ __all__ = ["enqueue", "wake", "wake_many", "run_message", "Sender", "local_wakeu
 logger = logging.getLogger(__name__)
 
 MESSAGE_TYPE = "sisy.run"
+#: Seconds by which a standing slot's wake-up jumps the channel's queue.
+SLOT_PRIORITY = 30.0
 
 
 def run_message(run: Run, now: datetime | None = None) -> dict:
@@ -190,9 +192,13 @@ async def _zadd_many(layer, channel: str, messages: list[dict]) -> None:
     connection = layer.connection(random.randrange(layer.ring_size))
     now = time.time()
     capacity = layer.get_capacity(channel)
+    # Receivers pop the lowest score first: a standing slot's wake-up (it has "at")
+    # goes ahead of one-shot wake-ups that may be waiting, stale or not.
+    ahead = now - min(SLOT_PRIORITY, layer.expiry / 2)
     async with connection.pipeline(transaction=False) as pipe:
         pipe.zremrangebyscore(key, min=0, max=int(now) - int(layer.expiry))
-        pipe.zadd(key, {layer.serialize(m): now for m in messages[-capacity:]})
+        pipe.zadd(key, {layer.serialize(m): ahead if "at" in m else now
+                        for m in messages[-capacity:]})
         pipe.zremrangebyrank(key, 0, -capacity - 1)
         pipe.expire(key, int(layer.expiry))
         await pipe.execute()

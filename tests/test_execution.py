@@ -526,3 +526,31 @@ def test_a_busy_worker_still_looks_at_the_table_every_poll_interval(monkeypatch)
     finally:
         worker.stop_event.set()
         thread.join(timeout=5)
+
+
+@pytest.mark.redis
+def test_a_standing_slot_wake_up_jumps_the_queue_of_one_shot_wake_ups(settings):
+    import asyncio
+
+    from channels.layers import channel_layers, get_channel_layer
+
+    from sisy.dispatch import sender
+
+    layers = {"default": {**settings.CHANNEL_LAYERS["default"]}}
+    layers["default"]["CONFIG"] = {**layers["default"]["CONFIG"], "prefix": "sisy-prio-test"}
+    settings.CHANNEL_LAYERS = layers
+    channel_layers.backends.pop("default", None)
+    layer = get_channel_layer()
+    asyncio.run(layer.flush())  # nothing left from an earlier run of this test
+    one_shots = [("sisy.prio", {"type": "sisy.run", "run": i, "name": "x"}) for i in range(5)]
+    sender.send(layer, one_shots)
+    assert sender.flush(timeout=5)
+    sender.send(layer, [("sisy.prio", {"type": "sisy.run", "run": 99, "name": "slot",
+                                       "at": 1.0})])
+    assert sender.flush(timeout=5)
+
+    async def first_two():
+        return [await layer.receive("sisy.prio"), await layer.receive("sisy.prio")]
+
+    first, second = asyncio.run(first_two())
+    assert (first["run"], second["run"]) == (99, 0)
