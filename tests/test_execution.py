@@ -553,4 +553,5 @@ def test_a_standing_slot_wake_up_jumps_the_queue_of_one_shot_wake_ups(settings):
         return [await layer.receive("sisy.prio"), await layer.receive("sisy.prio")]
 
     first, second = asyncio.run(first_two())
-    assert (first["run"], second["run"]) == (99, 0)
+    assert first["run"] == 99  # sent last, received first
+    assert second["run"] in range(5)  # the one-shots of one batch share a score
