@@ -227,13 +227,19 @@ def schedule_retry(run: Run, now: datetime, retries: int, backoff: float) -> Run
     )
 
 
-def _retry_policy(definition, run: Run) -> tuple[int, float]:
-    overrides = get_settings().overrides_for(run.task_name)
+def retry_policy(run: Run, definition=None, conf=None) -> tuple[int, float]:
+    """``(retries, retry_backoff)`` for a run: its Task row's, else its definition's,
+    with ``SISY["TASKS"]`` overrides on top. An unknown one-shot gets no retries."""
+    conf = conf or get_settings()
     if run.task is not None:
-        return overrides.get("retries", run.task.retries), overrides.get(
-            "retry_backoff", run.task.retry_backoff)
-    return (overrides.get("retries", definition.retries),
-            overrides.get("retry_backoff", definition.retry_backoff))
+        retries, backoff = run.task.retries, run.task.retry_backoff
+    else:
+        if definition is None and run.task_name in registry:
+            definition = registry.get(run.task_name)
+        retries, backoff = ((definition.retries, definition.retry_backoff)
+                            if definition is not None else (0, 1.0))
+    overrides = conf.overrides_for(run.task_name)
+    return overrides.get("retries", retries), overrides.get("retry_backoff", backoff)
 
 
 def _store_outcome(run: Run, *, durable: bool, using: str = DEFAULT_DB_ALIAS) -> int:
@@ -306,7 +312,7 @@ def _settle(run: Run, definition, context: TaskContext | None, status: str, **ou
         context.save_userdata()
     finish(run, status, now=now, **outcome)
     if status == Status.FAILED and definition is not None:
-        retries, backoff = _retry_policy(definition, run)
+        retries, backoff = retry_policy(run, definition)
         retry = schedule_retry(run, now, retries, backoff)
         if retry is not None:
             logger.info("Run %s will be retried as run %s at %s",

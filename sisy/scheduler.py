@@ -44,9 +44,8 @@ from django.utils.dateparse import parse_datetime
 
 from sisy.conf import SisySettings, get_settings
 from sisy.dispatch import wake_many
-from sisy.execution import finish, schedule_retry
+from sisy.execution import finish, retry_policy, schedule_retry
 from sisy.models import Run, Task, Worker
-from sisy.registry import registry
 from sisy.schedules import validate_schedule
 
 __all__ = ["Scheduler", "Plan", "plan_slots", "CATCH_UP_LIMIT"]
@@ -624,24 +623,12 @@ class Scheduler:
             if not finish(run, Status.FAILED, error=error, error_type="sisy.WorkerLost", now=now):
                 continue
             logger.warning("%s", error)
-            retries, backoff = self._retry_policy(run, conf)
+            retries, backoff = retry_policy(run, conf=conf)
             retry = schedule_retry(run, now, retries, backoff)
             if retry is not None:
                 logger.info("Run %s will be retried as run %s.", run.pk, retry.pk)
             settled.append(run)
         return settled
-
-    @staticmethod
-    def _retry_policy(run: Run, conf: SisySettings) -> tuple[int, float]:
-        overrides = conf.overrides_for(run.task_name)
-        if run.task is not None:
-            retries, backoff = run.task.retries, run.task.retry_backoff
-        elif run.task_name in registry:
-            definition = registry.get(run.task_name)
-            retries, backoff = definition.retries, definition.retry_backoff
-        else:
-            retries, backoff = 0, 1.0
-        return overrides.get("retries", retries), overrides.get("retry_backoff", backoff)
 
     def prune(self, now: datetime, conf: SisySettings | None = None) -> int:
         """Delete finished runs older than ``RETENTION`` in small batches; return how many."""
