@@ -48,6 +48,8 @@ def worker_name(prefix: str = "") -> str:
 #: for BUSY_SECONDS after they last found some.
 BUSY_POLL = 0.02
 BUSY_SECONDS = 5.0
+#: How many run ids a worker remembers having run.
+RECENT_RUNS = 10_000
 #: A message may ask a worker to wait at most this long (seconds) for its run's start.
 MAX_EARLY = 1.0
 
@@ -146,7 +148,9 @@ class Worker:
         self._audit_claims = False
         self._claims_lock = threading.Lock()
         #: Ids this worker ran lately; their (duplicate or late) wake-ups need no query.
-        self._recent: collections.deque[int] = collections.deque(maxlen=10_000)
+        #: A set for the lookup on every message, a deque to forget the oldest.
+        self._recent: set[int] = set()
+        self._recent_order: collections.deque[int] = collections.deque()
 
     # -- one unit of work, run in a thread --------------------------------------
     def _claim(self, func, *args, **kwargs) -> list:
@@ -162,7 +166,10 @@ class Worker:
         finally:
             self._held.discard(run.pk)
         self.processed += 1
-        self._recent.append(run.pk)
+        self._recent.add(run.pk)
+        self._recent_order.append(run.pk)
+        if len(self._recent_order) > RECENT_RUNS:
+            self._recent.discard(self._recent_order.popleft())
 
     def recover_own_claims(self) -> int:
         """Put back runs this worker claimed but is not executing.
