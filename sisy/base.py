@@ -90,8 +90,7 @@ class TaskDefinition(Generic[P, R]):
                 "(use django.utils.timezone.now() + timedelta(...))."
             )
         copy = dataclasses.replace(self, run_after=run_after)
-        copy.__dict__.pop("arguments", None)
-        if "arguments" in self.__dict__:
+        if "arguments" in self.__dict__:  # share the argument model already built
             copy.__dict__["arguments"] = self.__dict__["arguments"]
         return copy
 
