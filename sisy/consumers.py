@@ -25,7 +25,9 @@ def _shared_worker() -> Worker:
     with _lock:
         if _worker is None:
             conf = get_settings()
-            _worker = Worker([conf.RUN_TASK_CHANNEL], name=worker_name("runworker:"))
+            # runworker stops without warning: each outcome is written before the next run.
+            _worker = Worker([conf.RUN_TASK_CHANNEL], name=worker_name("runworker:"),
+                             background_outcomes=False)
             Heartbeat(_worker.name, conf.RUN_TASK_CHANNEL, conf.WORKER_HEARTBEAT).start()
         return _worker
 

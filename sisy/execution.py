@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
+import json
 import logging
 import random
 import time
@@ -32,7 +34,7 @@ from pydantic_core import PydanticSerializationError, to_jsonable_python
 
 from sisy import signals
 from sisy.conf import get_settings
-from sisy.connections import execute_write, tidy_connections
+from sisy.connections import execute_write, fast_cursor, tidy_connections
 from sisy.context import TaskContext
 from sisy.dispatch import run_message
 from sisy.exceptions import UnknownTask
@@ -57,21 +59,31 @@ def _skip_overlap(run_id: int, now: datetime) -> None:
     )
 
 
+@functools.cache
 def _columns():
     fields = Run._meta.concrete_fields
     return [f.attname for f in fields], ", ".join(f.column for f in fields)
+
+
+def _converters(conn) -> list:
+    """``(index, column, functions)`` that turn a raw Run row into field values, as the ORM does."""
+    cached = getattr(conn, "_sisy_run_converters", None)
+    if cached is None:
+        cached = []
+        for index, field in enumerate(Run._meta.concrete_fields):
+            col = field.get_col(Run._meta.db_table)
+            funcs = conn.ops.get_db_converters(col) + field.get_db_converters(conn)
+            if funcs:
+                cached.append((index, col, funcs))
+        conn._sisy_run_converters = cached
+    return cached
 
 
 def _from_rows(cursor_rows, using: str) -> list[Run]:
     """Build ``Run`` instances from raw rows, through the same converters the ORM uses."""
     names, _ = _columns()
     conn = connections[using]
-    converters = []
-    for index, field in enumerate(Run._meta.concrete_fields):
-        col = field.get_col(Run._meta.db_table)
-        funcs = conn.ops.get_db_converters(col) + field.get_db_converters(conn)
-        if funcs:
-            converters.append((index, col, funcs))
+    converters = _converters(conn)
     runs = []
     for row in cursor_rows:
         row = list(row)
@@ -90,7 +102,7 @@ def _claim_sql(where: str, params: list, worker: str, now: datetime,
     sql = (f"UPDATE {table} SET status = %s, started_at = %s, worker = %s "
            f"WHERE {where} RETURNING {returning}")
     conn = connections[using]
-    with conn.cursor() as cursor:
+    with fast_cursor(conn) as cursor:
         cursor.execute(sql, [Status.RUNNING, now, worker, *params])
         return _from_rows(cursor.fetchall(), using)
 
@@ -242,6 +254,21 @@ def retry_policy(run: Run, definition=None, conf=None) -> tuple[int, float]:
     return overrides.get("retries", retries), overrides.get("retry_backoff", backoff)
 
 
+_OUTCOME_FIELDS = ("status", "result", "error", "error_type", "finished_at", "started_at")
+
+
+@functools.cache
+def _outcome_sql() -> tuple[str, str]:
+    """The outcome ``UPDATE``, and the same committing with ``synchronous_commit = off``."""
+    fields = [Run._meta.get_field(name) for name in _OUTCOME_FIELDS]
+    assignments = ", ".join(f"{f.column} = %s" for f in fields)
+    table = Run._meta.db_table
+    where = "WHERE id = %s AND status = %s AND worker = %s"
+    return (f"UPDATE {table} SET {assignments} {where}",
+            f"UPDATE {table} SET {assignments} "
+            f"FROM (SELECT set_config('synchronous_commit', 'off', true)) AS sisy_async {where}")
+
+
 def _store_outcome(run: Run, *, durable: bool, using: str = DEFAULT_DB_ALIAS) -> int:
     """``UPDATE`` the run's outcome if it is still ours; return the rows changed.
 
@@ -253,14 +280,16 @@ def _store_outcome(run: Run, *, durable: bool, using: str = DEFAULT_DB_ALIAS) ->
     visible, never silent.
     """
     conn = connections[using]
-    fields = [Run._meta.get_field(name) for name in
-              ("status", "result", "error", "error_type", "finished_at", "started_at")]
-    assignments = ", ".join(f"{f.column} = %s" for f in fields)
-    values = [f.get_db_prep_save(getattr(run, f.attname), conn) for f in fields]
-    sql = (f"UPDATE {Run._meta.db_table} SET {assignments} "
-           "WHERE id = %s AND status = %s AND worker = %s")
+    if conn.vendor == "postgresql":  # what get_db_prep_save() would give, cheaper
+        result = None if run.result is None else json.dumps(run.result)
+        values = [run.status, result, run.error, run.error_type, run.finished_at,
+                  run.started_at]
+    else:
+        values = [Run._meta.get_field(name).get_db_prep_save(getattr(run, name), conn)
+                  for name in _OUTCOME_FIELDS]
+    sql, async_sql = _outcome_sql()
     params = [*values, run.pk, Status.RUNNING, run.worker]
-    _, count = execute_write(conn, sql, params, durable=durable)
+    _, count = execute_write(conn, sql, params, durable=durable, async_sql=async_sql)
     return count
 
 
@@ -288,28 +317,45 @@ def _with_database_retries(func, *, what: str, seconds: float = OUTCOME_RETRY_SE
             delay = min(delay * 2, 2.0)
 
 
+def store_outcome(run: Run) -> bool:
+    """Write the outcome already set on ``run``; False if it was no longer ours (lost worker)."""
+    done = _with_database_retries(
+        lambda: _store_outcome(run, durable=get_settings().DURABLE_RESULTS),
+        what=f"the outcome of run {run.pk}")
+    if not done:
+        logger.warning("Run %s was settled by someone else while %s ran it.", run.pk, run.worker)
+    return bool(done)
+
+
 def finish(run: Run, status: str, *, result=None, error: str = "", error_type: str = "",
            now: datetime | None = None) -> bool:
     """Store the outcome of a running run; False if it was no longer ours (lost worker)."""
     now = now or timezone.now()
     run.status, run.result, run.error, run.error_type, run.finished_at = (
         status, result, error, error_type, now)
-    done = _with_database_retries(
-        lambda: _store_outcome(run, durable=get_settings().DURABLE_RESULTS),
-        what=f"the outcome of run {run.pk}")
+    done = store_outcome(run)
     if run.task_id is not None:
         Task.objects.filter(pk=run.task_id).update(running=False)
-    if not done:
-        logger.warning("Run %s was settled by someone else while %s ran it.", run.pk, run.worker)
-    return bool(done)
+    return done
 
 
-def _settle(run: Run, definition, context: TaskContext | None, status: str, **outcome) -> None:
-    """Store the outcome, queue a retry if the policy allows, and send ``run_finished``."""
+def _settle(run: Run, definition, context: TaskContext | None, status: str,
+            outcomes=None, **outcome) -> None:
+    """Store the outcome, queue a retry if the policy allows, and send ``run_finished``.
+
+    A plain success of a one-shot run whose ``run_finished`` has no receivers
+    goes to ``outcomes`` (an :class:`~sisy.outcomes.OutcomeWriter`), if given,
+    so that the worker need not wait for the write.
+    """
     now = timezone.now()
     if context is not None:
         context.flush_progress()
         context.save_userdata()
+    if (outcomes is not None and status == Status.SUCCEEDED and run.task_id is None
+            and not signals.run_finished.has_listeners(definition)):
+        run.status, run.result, run.finished_at = status, outcome.get("result"), now
+        outcomes.put(run)
+        return
     finish(run, status, now=now, **outcome)
     if status == Status.FAILED and definition is not None:
         retries, backoff = retry_policy(run, definition)
@@ -346,14 +392,15 @@ def prepare(run: Run) -> Prepared:
 
 
 def execute(run: Run, *, manage_connections: bool = True,
-            prepared: Prepared | None = None) -> Run:
+            prepared: Prepared | None = None, outcomes=None) -> Run:
     """Call the function of a claimed (running) run and record the outcome.
 
     Never raises for anything the task does: exceptions, ``sys.exit()``,
     ``KeyboardInterrupt`` and results that are not JSON become a ``failed``
     run with the error and traceback. Workers pass ``manage_connections=True``
     so stale database connections are closed around each run, as Django does
-    around each request.
+    around each request, and may pass an :class:`~sisy.outcomes.OutcomeWriter`
+    as ``outcomes`` to have plain successes stored from its thread.
     """
     if manage_connections:
         tidy_connections()
@@ -380,7 +427,7 @@ def execute(run: Run, *, manage_connections: bool = True,
         # exception in sys.exc_info() (logger.exception, error reporters).
         _settle(run, definition, context, Status.FAILED, error=error, error_type=error_type)
     else:
-        _settle(run, definition, context, Status.SUCCEEDED, result=result)
+        _settle(run, definition, context, Status.SUCCEEDED, outcomes, result=result)
     if manage_connections:
         tidy_connections()
     return run

@@ -31,6 +31,7 @@ from sisy.connections import tidy_connections
 from sisy.execution import claim, claim_batch, claim_exclusive, execute, prepare, release
 from sisy.models import Run
 from sisy.models import Worker as WorkerRow
+from sisy.outcomes import OutcomeWriter
 
 __all__ = ["Worker", "Heartbeat", "parse_message", "worker_name"]
 
@@ -128,7 +129,7 @@ class Worker:
     def __init__(self, channels: list[str] | None = None, *, name: str | None = None,
                  concurrency: int = 1, layer_alias: str = "default",
                  poll_interval: float | None = None, manage_connections: bool = True,
-                 batch_size: int = 10):
+                 batch_size: int = 10, background_outcomes: bool = True):
         conf = get_settings()
         #: Close stale database connections around each run, as Django does per request.
         #: Tests that run a worker inside a test transaction pass False.
@@ -151,6 +152,12 @@ class Worker:
         #: A set for the lookup on every message, a deque to forget the oldest.
         self._recent: set[int] = set()
         self._recent_order: collections.deque[int] = collections.deque()
+        #: On PostgreSQL a worker does not wait for the outcome write of a plain
+        #: success; the run stays in ``_held`` until it is written.
+        #: (``runworker`` passes ``background_outcomes=False``: it has no clean stop.)
+        self._outcomes = (OutcomeWriter(on_written=self._written)
+                          if background_outcomes and manage_connections
+                          and connection.vendor == "postgresql" else None)
 
     # -- one unit of work, run in a thread --------------------------------------
     def _claim(self, func, *args, **kwargs) -> list:
@@ -162,14 +169,19 @@ class Worker:
 
     def _run_claimed(self, run, prepared=None) -> None:
         try:
-            execute(run, manage_connections=self.manage_connections, prepared=prepared)
+            execute(run, manage_connections=self.manage_connections, prepared=prepared,
+                    outcomes=self._outcomes)
         finally:
-            self._held.discard(run.pk)
+            if not getattr(run, "_sisy_outcome_pending", False):
+                self._held.discard(run.pk)
         self.processed += 1
         self._recent.add(run.pk)
         self._recent_order.append(run.pk)
         if len(self._recent_order) > RECENT_RUNS:
             self._recent.discard(self._recent_order.popleft())
+
+    def _written(self, run) -> None:
+        self._held.discard(run.pk)
 
     def recover_own_claims(self) -> int:
         """Put back runs this worker claimed but is not executing.
@@ -358,6 +370,8 @@ class Worker:
                         thread.join()
         finally:
             self.stop_event.set()
+            if self._outcomes is not None:
+                self._outcomes.close()
             heartbeat.stop()
             tidy_connections()
             logger.info("Worker %s stopped after %d runs", self.name, self.processed)

@@ -555,3 +555,70 @@ def test_a_standing_slot_wake_up_jumps_the_queue_of_one_shot_wake_ups(settings):
     first, second = asyncio.run(first_two())
     assert first["run"] == 99  # sent last, received first
     assert second["run"] in range(5)  # the one-shots of one batch share a score
+
+
+# -- the hot paths: .delay()'s INSERT, claims and outcome writes --------------------------
+
+def test_delay_returns_the_run_exactly_as_stored():
+    run = tasks.add.delay(4, b=5)
+    stored = Run.objects.get(pk=run.pk)
+    for field in Run._meta.concrete_fields:
+        assert getattr(run, field.attname) == getattr(stored, field.attname), field.name
+    assert not run._state.adding and run._state.db == "default"
+
+
+def test_hot_statements_show_in_captured_queries():
+    """Under DEBUG or CaptureQueriesContext they go through Django's cursor like any query."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(connection) as queries:
+        tasks.add.delay(1, 2)
+        assert drain() == 1
+    statements = [query["sql"].split(" ", 2)[:2] for query in queries.captured_queries]
+    assert ["INSERT", "INTO"] in statements
+    assert statements.count(["UPDATE", "sisy_run"]) >= 2  # the claim and the outcome
+    assert Run.objects.get().result == 3
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_hands_plain_successes_to_its_outcome_writer():
+    """Successes are written from the writer thread; failures before the worker goes on."""
+    from django.db import connection
+
+    ok = [tasks.add.delay(i, 1) for i in range(5)]
+    bad = tasks.fail.delay("no")
+    worker = Worker(["sisy.run_task"], name="bg")
+    assert worker._outcomes is not None
+    assert worker.drain() == 6
+    assert Run.objects.get(pk=bad.pk).status == "failed"  # stored by the worker itself
+    assert worker._outcomes.flush(timeout=10)
+    assert sorted(Run.objects.filter(pk__in=[r.pk for r in ok]).values_list(
+        "status", "result", "worker")) == [("succeeded", i + 1, "bg") for i in range(5)]
+    assert worker._held == set()
+    # A run whose outcome is still being written is not put back by the claims audit.
+    run = tasks.add.delay(7)
+    [claimed] = worker._claim(claim, run.pk, "bg")
+    with transaction.atomic():
+        # The writer's UPDATE of this row waits for our lock until the block ends.
+        Run.objects.select_for_update().get(pk=run.pk)
+        worker._run_claimed(claimed)
+        assert worker._held == {run.pk}
+        assert worker.recover_own_claims() == 0
+    assert worker._outcomes.flush(timeout=10)
+    assert Run.objects.get(pk=run.pk).status == "succeeded"
+    assert worker._held == set()
+    worker._outcomes.close(timeout=10)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT current_setting('synchronous_commit')")
+        assert cursor.fetchone() == ("on",)
+
+
+def test_without_postgresql_or_connection_care_outcomes_are_written_in_line():
+    from django.db import connection
+
+    assert Worker(name="w", manage_connections=False)._outcomes is None
+    assert Worker(name="w", background_outcomes=False)._outcomes is None
+    expected = connection.vendor == "postgresql"
+    assert (Worker(name="w")._outcomes is not None) is expected

@@ -1,0 +1,100 @@
+"""Write the outcomes of finished runs from a thread of their own.
+
+A worker's loop is: claim, call, store the outcome. The last step is one
+``UPDATE`` whose round trip to PostgreSQL costs about as much as a no-op run
+itself. :class:`OutcomeWriter` takes it off the worker's thread: the worker
+hands the finished run over and goes on with the next one while this thread,
+with its own database connection, writes the outcome at once, one statement
+per run. Nothing is held back to make batches: an outcome waits only while
+the one before it is being written.
+
+Only plain successes go this way (see :func:`sisy.execution.execute`):
+failures (which may queue a retry), runs of a ``Task`` row (whose ``running``
+flag is cleared too) and runs whose ``run_finished`` signal has receivers
+(which may expect the stored outcome) are written by the worker itself, as
+before. A run handed over stays among the worker's claims until its outcome
+is written, so that the worker never puts it back in the queue after a
+database error. If the process is killed between the two, the run is found
+``running`` under a worker that no longer heart-beats and is settled as lost,
+as a run killed mid-call is.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+
+from django.db import connection
+
+from sisy.models import Run
+
+__all__ = ["OutcomeWriter"]
+
+logger = logging.getLogger(__name__)
+
+
+class OutcomeWriter:
+    """A thread that stores the outcomes of finished runs handed to :meth:`put`.
+
+    The hand-over is a :class:`queue.SimpleQueue`: :meth:`put` never waits
+    for the writing thread (a lock shared with it cost the worker a third of
+    its time in the profile).
+    """
+
+    def __init__(self, on_written: Callable[[Run], None] | None = None):
+        self.on_written = on_written
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._start_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def put(self, run: Run) -> None:
+        """Store ``run``'s outcome (already set on it) soon; return at once."""
+        if self._closed:
+            raise RuntimeError("This OutcomeWriter is closed.")
+        run._sisy_outcome_pending = True
+        if self._thread is None:
+            self._start()
+        self._queue.put(run)
+
+    def _start(self) -> None:
+        with self._start_lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="sisy-outcomes",
+                                                daemon=True)
+                self._thread.start()
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every outcome handed over so far is written; False on timeout."""
+        if self._thread is None:
+            return True
+        done = threading.Event()
+        self._queue.put(done)
+        return done.wait(timeout)
+
+    def close(self, timeout: float | None = None) -> None:
+        """Write what is waiting, then stop the thread."""
+        self._closed = True
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join(timeout)
+
+    def _loop(self) -> None:
+        from sisy.execution import store_outcome
+
+        try:
+            while (item := self._queue.get()) is not None:
+                if isinstance(item, threading.Event):
+                    item.set()
+                    continue
+                try:
+                    store_outcome(item)
+                except Exception:  # the run stays "running" and is settled as lost later
+                    logger.exception("Could not store the outcome of run %s.", item.pk)
+                finally:
+                    if self.on_written is not None:
+                        self.on_written(item)
+        finally:
+            connection.close()
