@@ -88,10 +88,15 @@ class Sisy(System):
                 client.delete(*keys)
 
     def before_batch(self) -> None:
+        from django.db import connection
+
         from sisy.models import Run, Task
 
         Run.objects.all().delete()
         Task.objects.filter(name="bench.tick").delete()
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:  # see common.VACUUM_NOTE
+                cursor.execute(f"VACUUM ANALYZE {Run._meta.db_table}")
 
     def teardown(self) -> None:
         self.before_batch()
@@ -207,6 +212,14 @@ class Procrastinate(System):
 
         ref_procrastinate.app.close()
         ref_procrastinate.drop_database()
+
+    def before_batch(self) -> None:
+        import psycopg
+
+        from extra.bench import ref_procrastinate
+
+        with psycopg.connect(ref_procrastinate.CONNINFO, autocommit=True) as conn:
+            conn.execute("VACUUM ANALYZE procrastinate_jobs")  # see common.VACUUM_NOTE
 
     def worker_commands(self, processes: int) -> list[list[str]]:
         return [[sys.executable, "-m", "procrastinate",
