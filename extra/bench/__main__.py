@@ -39,8 +39,8 @@ LEGEND = [
     "W5 Celery column: django-celery-beat's DatabaseScheduler (fire all due capped at 30 s).",
     "Huey -w 2 -k process for W6. W4: Huey's periodic tasks work to the minute;",
     "   Procrastinate's periodic tasks are not measured yet.",
-    "sisy_run and procrastinate_jobs are vacuumed before each batch (this server has",
-    "   autovacuum = off; see extra/bench/common.py).",
+    "sisy_run is vacuumed before each batch (this server has autovacuum = off;",
+    "   see extra/bench/common.py).",
 ]
 
 

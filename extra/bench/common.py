@@ -13,11 +13,12 @@ ROOT = Path(__file__).resolve().parents[2]
 
 #: Why the harness vacuums the PostgreSQL queue tables before each batch.
 VACUUM_NOTE = (
-    "The PostgreSQL queue tables (sisy_run, procrastinate_jobs) are vacuumed before each "
-    "batch, as autovacuum would between bursts: this machine's server runs with "
+    "Sisy's queue table (sisy_run) is vacuumed before each batch, as autovacuum would "
+    "between bursts: this machine's server runs with "
     "autovacuum = off, and without it each batch leaves thousands of dead index entries "
     "that every later claim has to step over (Sisy's drain rate fell from ~1,300 to 45 "
-    "runs/s after a day of benchmarks)."
+    "runs/s after a day of benchmarks). Procrastinate gets a new database for each "
+    "measurement instead."
 )
 
 

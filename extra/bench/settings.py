@@ -36,8 +36,10 @@ else:
     CHANNEL_LAYERS = {"default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
         "CONFIG": {"hosts": [{"address": "redis://127.0.0.1:6379/0", "socket_timeout": 10}],
-                   "prefix": os.environ.get("SISY_BENCH_PREFIX", "sisy-bench"),
-                   "capacity": 100_000},
+                   # channels-redis's default capacity (100): Sisy keeps the newest
+                   # wake-ups and workers drain the table, so more would only pile
+                   # up stale wake-ups that a standing slot's must wait behind.
+                   "prefix": os.environ.get("SISY_BENCH_PREFIX", "sisy-bench")},
     }}
 
 SISY = {"POLL_INTERVAL": 1.0}

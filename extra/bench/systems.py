@@ -213,14 +213,6 @@ class Procrastinate(System):
         ref_procrastinate.app.close()
         ref_procrastinate.drop_database()
 
-    def before_batch(self) -> None:
-        import psycopg
-
-        from extra.bench import ref_procrastinate
-
-        with psycopg.connect(ref_procrastinate.CONNINFO, autocommit=True) as conn:
-            conn.execute("VACUUM ANALYZE procrastinate_jobs")  # see common.VACUUM_NOTE
-
     def worker_commands(self, processes: int) -> list[list[str]]:
         return [[sys.executable, "-m", "procrastinate",
                  "--app", "extra.bench.ref_procrastinate.app", "--log-level", "warning",
