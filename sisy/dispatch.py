@@ -191,12 +191,32 @@ class Sender:
 
 
 def _batchable(layer, channel: str) -> bool:
+    """Whether Sisy may read and write ``channel`` of ``layer`` with its own Redis commands."""
     try:
         from channels_redis.core import RedisChannelLayer
     except ImportError:  # pragma: no cover - channels-redis is a dependency
         return False
     return (isinstance(layer, RedisChannelLayer) and "!" not in channel
-            and all(hasattr(layer, a) for a in ("prefix", "expiry", "ring_size", "serialize")))
+            and all(hasattr(layer, a) for a in ("prefix", "expiry", "ring_size", "serialize",
+                                                "deserialize", "connection")))
+
+
+async def pop_wakeup(layer, channel: str, timeout: float):
+    """Take the next message of a channels-redis channel: one ``BZPOPMIN``; None on timeout.
+
+    ``layer.receive`` makes four round trips per message (a clean-up script,
+    the pop, a backup copy before it returns, and removing that copy) so that
+    a receiver cancelled half-way loses nothing. A lost wake-up only delays a
+    run until a worker polls the table, so a Sisy worker pops the message and
+    is done. Messages are read the way ``layer.receive`` reads them (the
+    lowest score first, the layer's own deserialisation).
+    """
+    connection = layer.connection(random.randrange(layer.ring_size))
+    result = await connection.bzpopmin(layer.prefix + channel, timeout=max(0.01, timeout))
+    if result is None:
+        return None
+    _, member, _ = result
+    return layer.deserialize(member)
 
 
 async def _zadd_many(layer, channel: str, messages: list[dict]) -> None:

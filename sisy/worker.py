@@ -53,6 +53,8 @@ BUSY_SECONDS = 5.0
 RECENT_RUNS = 10_000
 #: A message may ask a worker to wait at most this long (seconds) for its run's start.
 MAX_EARLY = 1.0
+#: The longest a worker blocks in one Redis pop (seconds; Redis 6+ takes fractions).
+MAX_BLOCK = 2.0
 
 
 def start_at(message: dict) -> float | None:
@@ -292,8 +294,8 @@ class Worker:
                     self._guarded(self.drain)
                     next_poll = time.monotonic() + self.poll_interval
                 try:
-                    message = loop.run_until_complete(asyncio.wait_for(
-                        layer.receive(channel), max(0.01, next_poll - time.monotonic())))
+                    message = loop.run_until_complete(
+                        self._receive(layer, channel, next_poll - time.monotonic()))
                 except TimeoutError:
                     continue
                 except Exception as exc:  # a bad message or a lost Redis must not kill us
@@ -303,11 +305,31 @@ class Worker:
                     backoff = min(backoff * 2, MAX_BACKOFF)
                     continue
                 backoff = 0.1
+                if self._ran_lately(message):
+                    # The wake-up of a run this worker took while draining: the table had
+                    # nothing more then, and runs queued since have wake-ups of their own.
+                    continue
                 self._guarded(self.handle_message, message)
                 self._guarded(self.drain, exclusive=False)
         finally:
             _close_loop(loop, layer)
             connection.close()
+
+    @staticmethod
+    async def _receive(layer, channel: str, timeout: float):
+        """The next message on ``channel``; ``TimeoutError`` after ``timeout`` seconds."""
+        timeout = max(0.01, timeout)
+        if dispatch._batchable(layer, channel):
+            # At most MAX_BLOCK per pop: well under any socket_timeout (sisy.W002).
+            message = await dispatch.pop_wakeup(layer, channel, min(timeout, MAX_BLOCK))
+            if message is None:
+                raise TimeoutError
+            return message
+        return await asyncio.wait_for(layer.receive(channel), timeout)
+
+    def _ran_lately(self, message: object) -> bool:
+        parsed = parse_message(message)
+        return parsed is not None and parsed[0] in self._recent
 
     def _consume_local(self) -> None:
         seen = dispatch.local_wakeup.generation

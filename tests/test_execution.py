@@ -7,6 +7,7 @@ expect exactly the recorded outcome.
 import datetime
 import decimal
 import re
+import time
 import uuid
 from datetime import timedelta
 
@@ -423,6 +424,51 @@ def test_batched_wake_ups_are_ordinary_channels_redis_messages_trimmed_to_capaci
                for m in received)
 
 
+@pytest.mark.redis
+def test_a_worker_pops_one_wake_up_per_round_trip_in_the_layers_order(settings):
+    """Sisy's own pop reads what layer.send wrote, lowest score first, and nothing else."""
+    import asyncio
+
+    from channels.layers import channel_layers, get_channel_layer
+
+    from sisy.worker import Worker
+
+    layers = {"default": {**settings.CHANNEL_LAYERS["default"]}}
+    layers["default"]["CONFIG"] = {**layers["default"]["CONFIG"], "prefix": "sisy-pop-test"}
+    settings.CHANNEL_LAYERS = layers
+    channel_layers.backends.pop("default", None)
+    layer = get_channel_layer()
+
+    async def scenario():
+        await layer.flush()
+        for i in (1, 2, 3):
+            await layer.send("sisy.pop", {"type": "sisy.run", "run": i, "name": "x"})
+        got = [await Worker._receive(layer, "sisy.pop", 1.0) for _ in range(3)]
+        began = time.monotonic()
+        with pytest.raises(TimeoutError):
+            await Worker._receive(layer, "sisy.pop", 0.2)
+        waited = time.monotonic() - began
+        # Nothing was left behind: no backup copies, no other keys.
+        keys = await layer.connection(0).keys("sisy-pop-test*")
+        await layer.flush()
+        return got, waited, keys
+
+    got, waited, keys = asyncio.run(scenario())
+    assert [m["run"] for m in got] == [1, 2, 3]
+    assert 0.15 < waited < 1.0
+    assert keys == []
+
+
+def test_a_worker_skips_the_drain_after_a_wake_up_of_a_run_it_already_ran():
+    worker = Worker(name="w", manage_connections=False)
+    run = tasks.add.delay(1, 1)
+    assert worker.drain() == 1
+    assert worker._ran_lately({"type": "sisy.run", "run": run.pk, "name": run.task_name})
+    assert not worker._ran_lately({"type": "sisy.run", "run": run.pk + 1, "name": "x"})
+    assert not worker._ran_lately({"type": "sisy.run", "run": "1"})
+    assert not worker._ran_lately(["garbage"])
+
+
 def test_a_stopping_worker_puts_claimed_runs_it_has_not_started_back():
     runs = [tasks.mark.delay(f"stop-{i}") for i in range(5)]
     worker = Worker(name="stopper", manage_connections=False)
@@ -585,8 +631,25 @@ def test_hot_statements_show_in_captured_queries():
 @pytest.mark.django_db(transaction=True)
 def test_a_worker_hands_plain_successes_to_its_outcome_writer():
     """Successes are written from the writer thread; failures before the worker goes on."""
+    import sys
+
     from django.db import connection
 
+    # The Django Tasks backend's receiver (once sisy.backends is imported, as other test
+    # modules do) makes every outcome wait for its write: take it away for this test.
+    backends = sys.modules.get("sisy.backends")
+    if backends is not None:
+        signals.run_finished.disconnect(dispatch_uid="sisy.backends.task_finished")
+    try:
+        _hand_over_outcomes(connection)
+    finally:
+        if backends is not None:
+            signals.run_finished.connect(backends._send_task_finished,
+                                         dispatch_uid="sisy.backends.task_finished")
+
+
+def _hand_over_outcomes(connection):
+    assert not signals.run_finished.has_listeners(tasks.add)
     ok = [tasks.add.delay(i, 1) for i in range(5)]
     bad = tasks.fail.delay("no")
     worker = Worker(["sisy.run_task"], name="bg")
