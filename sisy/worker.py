@@ -48,6 +48,8 @@ def worker_name(prefix: str = "") -> str:
 #: In-process workers look at the table this often (seconds) while work keeps coming,
 #: for BUSY_SECONDS after they last found some.
 BUSY_POLL = 0.02
+#: ... and on SQLite it checks for other processes' commits this often (seconds).
+DATA_VERSION_POLL = 0.002
 BUSY_SECONDS = 5.0
 #: How many run ids a worker remembers having run.
 RECENT_RUNS = 10_000
@@ -343,9 +345,36 @@ class Worker:
                         self.stop_event.wait(early)  # a slot fired ahead: start it on time
                 if self._guarded(self.drain):
                     busy_until = time.monotonic() + BUSY_SECONDS
-                seen = dispatch.local_wakeup.wait(seen, self._local_poll(busy_until))
+                seen = self._wait_local(seen, self._local_poll(busy_until))
         finally:
             connection.close()
+
+    def _wait_local(self, seen: int, timeout: float) -> int:
+        """Wait for an in-process wake-up, up to ``timeout`` seconds; return the generation.
+
+        On SQLite, while busy, it also looks every ``DATA_VERSION_POLL`` seconds
+        at ``PRAGMA data_version``, which changes when another connection (a
+        web process) commits: a run queued there starts within milliseconds
+        instead of at the next look at the table, for a query that reads no
+        table.
+        """
+        if connection.vendor != "sqlite" or timeout > BUSY_POLL:
+            return dispatch.local_wakeup.wait(seen, timeout)
+        deadline = time.monotonic() + timeout
+        version = self._data_version()
+        while (left := deadline - time.monotonic()) > 0:
+            generation = dispatch.local_wakeup.wait(seen, min(left, DATA_VERSION_POLL))
+            if generation != seen or self._data_version() != version:
+                return generation
+        return dispatch.local_wakeup.generation
+
+    def _data_version(self) -> int | None:
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("PRAGMA data_version")
+                return cursor.fetchone()[0]
+        except DatabaseError:
+            return None
 
     def _local_poll(self, busy_until: float) -> float:
         """How long an in-process worker waits before it looks at the table again.

@@ -685,3 +685,24 @@ def test_without_postgresql_or_connection_care_outcomes_are_written_in_line():
     assert Worker(name="w", background_outcomes=False)._outcomes is None
     expected = connection.vendor == "postgresql"
     assert (Worker(name="w")._outcomes is not None) is expected
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_embedded_worker_notices_other_connections_commits_by_data_version():
+    import sqlite3
+
+    from django.db import connection
+
+    if connection.vendor != "sqlite":
+        pytest.skip("PRAGMA data_version is SQLite's; PostgreSQL workers are woken by Redis")
+    worker = Worker(name="w", manage_connections=False)
+    before = worker._data_version()
+    tasks.add.delay(1)  # this connection's own commit does not count
+    assert worker._data_version() == before
+    other = sqlite3.connect(connection.settings_dict["NAME"])
+    try:
+        other.execute("UPDATE sisy_run SET progress_note = 'touched'")
+        other.commit()
+    finally:
+        other.close()
+    assert worker._data_version() != before
