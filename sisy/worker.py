@@ -307,12 +307,12 @@ class Worker:
                     backoff = min(backoff * 2, MAX_BACKOFF)
                     continue
                 backoff = 0.1
-                if self._ran_lately(message):
-                    # The wake-up of a run this worker took while draining: the table had
-                    # nothing more then, and runs queued since have wake-ups of their own.
-                    continue
-                self._guarded(self.handle_message, message)
-                self._guarded(self.drain, exclusive=False)
+                # Look at the table only after running the run a wake-up named. A
+                # wake-up of a run taken already (by this worker's drain or another
+                # worker) means the taker is draining; runs queued since have wake-ups
+                # of their own, and the poll above finds any that were lost.
+                if not self._ran_lately(message) and self._guarded(self.handle_message, message):
+                    self._guarded(self.drain, exclusive=False)
         finally:
             _close_loop(loop, layer)
             connection.close()
