@@ -120,9 +120,14 @@ def register(task: Task) -> DjangoTaskDefinition:
         if isinstance(existing, DjangoTaskDefinition) and existing.django_task.func is task.func:
             return existing
     func = _with_django_context(task.func) if task.takes_context else task.func
-    return registry.register(DjangoTaskDefinition(
+    definition = registry.register(DjangoTaskDefinition(
         func=func, name=name, takes_context=task.takes_context, django_task=task,
     ))
+    # Only this task's run_finished is the framework's business: a receiver for every
+    # sender would make every worker wait for each outcome write (see sisy.outcomes).
+    signals.run_finished.connect(_send_task_finished, sender=definition,
+                                 dispatch_uid="sisy.backends.task_finished")
+    return definition
 
 
 def _backend_for(definition: DjangoTaskDefinition) -> SisyBackend:
@@ -376,7 +381,6 @@ def _send_task_started(sender, run: Run, **kwargs) -> None:
         task_started.send(type(backend), task_result=backend.result_for_run(run, sender))
 
 
-@receiver(signals.run_finished, dispatch_uid="sisy.backends.task_finished")
 def _send_task_finished(sender, run: Run, status: str, **kwargs) -> None:
     """Sent for the final outcome; a failure with a retry queued is not finished yet.
 
