@@ -6,6 +6,7 @@ PostgreSQL database is ``sisy_bench`` and the Redis key prefix ``sisy-bench``
 tests or of other users is touched.
 """
 
+import json
 import os
 import tempfile
 
@@ -42,6 +43,7 @@ else:
                    "prefix": os.environ.get("SISY_BENCH_PREFIX", "sisy-bench")},
     }}
 
-SISY = {"POLL_INTERVAL": 1.0}
+# SISY_BENCH_SISY='{"DURABLE_ENQUEUE": false}' measures Sisy with other settings.
+SISY = {"POLL_INTERVAL": 1.0, **json.loads(os.environ.get("SISY_BENCH_SISY", "{}"))}
 LOGGING = {"version": 1, "disable_existing_loggers": False,
            "root": {"level": os.environ.get("SISY_LOG", "WARNING")}}
