@@ -34,7 +34,12 @@ from pydantic_core import PydanticSerializationError, to_jsonable_python
 
 from sisy import signals
 from sisy.conf import get_settings
-from sisy.connections import execute_write, fast_cursor, tidy_connections
+from sisy.connections import (
+    async_commit_possible,
+    execute_write,
+    fast_cursor,
+    tidy_connections,
+)
 from sisy.context import TaskContext
 from sisy.dispatch import run_message
 from sisy.exceptions import UnknownTask
@@ -325,6 +330,55 @@ def store_outcome(run: Run) -> bool:
     if not done:
         logger.warning("Run %s was settled by someone else while %s ran it.", run.pk, run.worker)
     return bool(done)
+
+
+#: The most outcomes :func:`store_outcomes` writes in one statement.
+OUTCOMES_PER_STATEMENT = 100
+
+
+def _outcomes_sql(count: int, *, durable: bool) -> str:
+    """One ``UPDATE ... FROM (VALUES ...)`` storing ``count`` outcomes (PostgreSQL)."""
+    row = "(%s::bigint, %s::text, %s::jsonb, %s::text, %s::text, %s::timestamptz, " \
+          "%s::timestamptz, %s::text)"
+    names = ("id", *_OUTCOME_FIELDS, "worker")
+    sources = f"(VALUES {', '.join([row] * count)}) AS v({', '.join(names)})"
+    if not durable:
+        sources += ", (SELECT set_config('synchronous_commit', 'off', true)) AS sisy_async"
+    assignments = ", ".join(f"{Run._meta.get_field(name).column} = v.{name}"
+                            for name in _OUTCOME_FIELDS)
+    return (f"UPDATE {Run._meta.db_table} AS r SET {assignments} FROM {sources} "
+            f"WHERE r.id = v.id AND r.status = %s AND r.worker = v.worker RETURNING r.id")
+
+
+def store_outcomes(runs: list[Run]) -> set[int]:
+    """Write the outcomes already set on ``runs`` (PostgreSQL), in as few statements as
+    :data:`OUTCOMES_PER_STATEMENT` allows; return the ids that were still ours."""
+    if len(runs) == 1:
+        return {runs[0].pk} if store_outcome(runs[0]) else set()
+    conn = connections[DEFAULT_DB_ALIAS]
+    durable = get_settings().DURABLE_RESULTS or not async_commit_possible(conn)
+    written: set[int] = set()
+    for start in range(0, len(runs), OUTCOMES_PER_STATEMENT):
+        chunk = runs[start:start + OUTCOMES_PER_STATEMENT]
+        params = []
+        for run in chunk:
+            result = None if run.result is None else json.dumps(run.result)
+            params += [run.pk, run.status, result, run.error, run.error_type,
+                       run.finished_at, run.started_at, run.worker]
+        params.append(Status.RUNNING)
+        sql = _outcomes_sql(len(chunk), durable=durable)
+
+        def write(sql=sql, params=params):
+            with fast_cursor(conn) as cursor:
+                cursor.execute(sql, params)
+                return {row[0] for row in cursor.fetchall()}
+
+        written |= _with_database_retries(write, what=f"the outcomes of {len(chunk)} runs")
+    for run in runs:
+        if run.pk not in written:
+            logger.warning("Run %s was settled by someone else while %s ran it.",
+                           run.pk, run.worker)
+    return written
 
 
 def finish(run: Run, status: str, *, result=None, error: str = "", error_type: str = "",

@@ -5,8 +5,9 @@ A worker's loop is: claim, call, store the outcome. The last step is one
 itself. :class:`OutcomeWriter` takes it off the worker's thread: the worker
 hands the finished run over and goes on with the next one while this thread,
 with its own database connection, writes the outcome at once, one statement
-per run. Nothing is held back to make batches: an outcome waits only while
-the one before it is being written.
+per run, or for all that are waiting in one statement. Nothing is held back
+to make batches: an outcome waits only while the ones before it are being
+written.
 
 Only plain successes go this way (see :func:`sisy.execution.execute`):
 failures (which may queue a retry), runs of a ``Task`` row (whose ``running``
@@ -82,19 +83,33 @@ class OutcomeWriter:
             self._thread.join(timeout)
 
     def _loop(self) -> None:
-        from sisy.execution import store_outcome
+        from sisy.execution import OUTCOMES_PER_STATEMENT, store_outcomes
 
         try:
-            while (item := self._queue.get()) is not None:
-                if isinstance(item, threading.Event):
-                    item.set()
-                    continue
-                try:
-                    store_outcome(item)
-                except Exception:  # the run stays "running" and is settled as lost later
-                    logger.exception("Could not store the outcome of run %s.", item.pk)
-                finally:
-                    if self.on_written is not None:
-                        self.on_written(item)
+            while True:
+                # Take what is waiting, without waiting for more: one outcome when the
+                # worker is slow, a batch in one statement when it outpaces the writes.
+                batch = [self._queue.get()]
+                while len(batch) < OUTCOMES_PER_STATEMENT:
+                    try:
+                        batch.append(self._queue.get_nowait())
+                    except queue.Empty:
+                        break
+                runs = [item for item in batch if isinstance(item, Run)]
+                if runs:
+                    try:
+                        store_outcomes(runs)
+                    except Exception:  # the runs stay "running" and are settled as lost later
+                        logger.exception("Could not store the outcomes of runs %s.",
+                                         ", ".join(str(run.pk) for run in runs))
+                    finally:
+                        if self.on_written is not None:
+                            for run in runs:
+                                self.on_written(run)
+                for item in batch:
+                    if isinstance(item, threading.Event):
+                        item.set()
+                if None in batch:
+                    return
         finally:
             connection.close()

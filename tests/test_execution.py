@@ -692,3 +692,44 @@ def test_an_embedded_worker_notices_other_connections_commits_by_data_version():
     finally:
         other.close()
     assert worker._data_version() != before
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_outcomes_waiting_together_are_written_in_one_statement(sisy_settings):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from sisy.execution import claim_batch, store_outcomes
+
+    for i in range(3):
+        tasks.add.delay(i)
+    runs = claim_batch(["sisy.run_task"], "w", limit=3)
+    assert len(runs) == 3
+    Run.objects.filter(pk=runs[1].pk).update(worker="someone-else")  # settled by another
+    now = timezone.now()
+    for run, result in zip(runs, (10, None, {"a": [1]}), strict=True):
+        run.status, run.result, run.finished_at = "succeeded", result, now
+    with CaptureQueriesContext(connection) as queries:
+        written = store_outcomes(runs)
+    assert written == {runs[0].pk, runs[2].pk}
+    assert len(queries.captured_queries) == 1
+    assert sorted(Run.objects.values_list("pk", "status", "result", "worker")) == [
+        (runs[0].pk, "succeeded", 10, "w"),
+        (runs[1].pk, "running", None, "someone-else"),
+        (runs[2].pk, "succeeded", {"a": [1]}, "w"),
+    ]
+    assert Run.objects.get(pk=runs[0].pk).finished_at == now
+    # The same through psycopg's own cursor (nothing captures queries), durable or not.
+    for durable in (False, True):
+        sisy_settings(DURABLE_RESULTS=durable)
+        more = [tasks.add.delay(i) for i in range(2)]
+        claimed = claim_batch(["sisy.run_task"], "w", limit=2)
+        for run in claimed:
+            run.status, run.result, run.finished_at = "succeeded", run.pk, now
+        assert store_outcomes(claimed) == {run.pk for run in more}
+        assert sorted(Run.objects.filter(pk__in=[r.pk for r in more]).values_list(
+            "status", "result")) == sorted(("succeeded", r.pk) for r in more)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT current_setting('synchronous_commit')")
+        assert cursor.fetchone() == ("on",)
