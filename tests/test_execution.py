@@ -391,20 +391,24 @@ def test_non_durable_enqueue_writes_the_row_and_leaks_no_setting(sisy_settings):
         assert cursor.fetchone() == ("on",)
 
 
+def _redis_layer(settings, **config):
+    """The test's Redis channel layer with ``config`` on top (its own prefix, say)."""
+    from channels.layers import channel_layers, get_channel_layer
+
+    layers = {"default": {**settings.CHANNEL_LAYERS["default"]}}
+    layers["default"]["CONFIG"] = {**layers["default"]["CONFIG"], **config}
+    settings.CHANNEL_LAYERS = layers
+    channel_layers.backends.pop("default", None)
+    return get_channel_layer()
+
+
 @pytest.mark.redis
 def test_batched_wake_ups_are_ordinary_channels_redis_messages_trimmed_to_capacity(settings):
     import asyncio
 
-    from channels.layers import channel_layers, get_channel_layer
-
     from sisy.dispatch import run_message, sender
 
-    layers = {"default": {**settings.CHANNEL_LAYERS["default"]}}
-    layers["default"]["CONFIG"] = {**layers["default"]["CONFIG"], "capacity": 5,
-                                   "prefix": "sisy-batch-test"}
-    settings.CHANNEL_LAYERS = layers
-    channel_layers.backends.pop("default", None)
-    layer = get_channel_layer()
+    layer = _redis_layer(settings, capacity=5, prefix="sisy-batch-test")
     runs = [Run(pk=i, task_name="tests.testapp.tasks.add", channel="sisy.batch")
             for i in range(1, 9)]
     sender.send(layer, ((run.channel, run_message(run)) for run in runs))
@@ -429,15 +433,9 @@ def test_a_worker_pops_one_wake_up_per_round_trip_in_the_layers_order(settings):
     """Sisy's own pop reads what layer.send wrote, lowest score first, and nothing else."""
     import asyncio
 
-    from channels.layers import channel_layers, get_channel_layer
-
     from sisy.worker import Worker
 
-    layers = {"default": {**settings.CHANNEL_LAYERS["default"]}}
-    layers["default"]["CONFIG"] = {**layers["default"]["CONFIG"], "prefix": "sisy-pop-test"}
-    settings.CHANNEL_LAYERS = layers
-    channel_layers.backends.pop("default", None)
-    layer = get_channel_layer()
+    layer = _redis_layer(settings, prefix="sisy-pop-test")
 
     async def scenario():
         await layer.flush()
@@ -578,15 +576,9 @@ def test_a_busy_worker_still_looks_at_the_table_every_poll_interval(monkeypatch)
 def test_a_standing_slot_wake_up_jumps_the_queue_of_one_shot_wake_ups(settings):
     import asyncio
 
-    from channels.layers import channel_layers, get_channel_layer
-
     from sisy.dispatch import sender
 
-    layers = {"default": {**settings.CHANNEL_LAYERS["default"]}}
-    layers["default"]["CONFIG"] = {**layers["default"]["CONFIG"], "prefix": "sisy-prio-test"}
-    settings.CHANNEL_LAYERS = layers
-    channel_layers.backends.pop("default", None)
-    layer = get_channel_layer()
+    layer = _redis_layer(settings, prefix="sisy-prio-test")
     asyncio.run(layer.flush())  # nothing left from an earlier run of this test
     one_shots = [("sisy.prio", {"type": "sisy.run", "run": i, "name": "x"}) for i in range(5)]
     sender.send(layer, one_shots)
