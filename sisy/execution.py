@@ -262,6 +262,13 @@ def retry_policy(run: Run, definition=None, conf=None) -> tuple[int, float]:
 _OUTCOME_FIELDS = ("status", "result", "error", "error_type", "finished_at", "started_at")
 
 
+def _outcome_values(run: Run) -> list:
+    """The :data:`_OUTCOME_FIELDS` of ``run`` as get_db_prep_save() gives them on
+    PostgreSQL, cheaper."""
+    result = None if run.result is None else json.dumps(run.result)
+    return [run.status, result, run.error, run.error_type, run.finished_at, run.started_at]
+
+
 @functools.cache
 def _outcome_sql() -> tuple[str, str]:
     """The outcome ``UPDATE``, and the same committing with ``synchronous_commit = off``."""
@@ -285,10 +292,8 @@ def _store_outcome(run: Run, *, durable: bool, using: str = DEFAULT_DB_ALIAS) ->
     visible, never silent.
     """
     conn = connections[using]
-    if conn.vendor == "postgresql":  # what get_db_prep_save() would give, cheaper
-        result = None if run.result is None else json.dumps(run.result)
-        values = [run.status, result, run.error, run.error_type, run.finished_at,
-                  run.started_at]
+    if conn.vendor == "postgresql":
+        values = _outcome_values(run)
     else:
         values = [Run._meta.get_field(name).get_db_prep_save(getattr(run, name), conn)
                   for name in _OUTCOME_FIELDS]
@@ -362,9 +367,7 @@ def store_outcomes(runs: list[Run]) -> set[int]:
         chunk = runs[start:start + OUTCOMES_PER_STATEMENT]
         params = []
         for run in chunk:
-            result = None if run.result is None else json.dumps(run.result)
-            params += [run.pk, run.status, result, run.error, run.error_type,
-                       run.finished_at, run.started_at, run.worker]
+            params += [run.pk, *_outcome_values(run), run.worker]
         params.append(Status.RUNNING)
         sql = _outcomes_sql(len(chunk), durable=durable)
 
