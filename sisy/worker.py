@@ -38,6 +38,13 @@ __all__ = ["Worker", "Heartbeat", "parse_message", "worker_name"]
 logger = logging.getLogger(__name__)
 
 MAX_BACKOFF = 5.0
+#: A drain claims no more runs in one statement than it expects to finish within
+#: this many seconds: short runs are claimed ``batch_size`` at a time, runs that
+#: take long one at a time, so that the worker's other threads (and other
+#: workers) share a backlog instead of waiting while one thread holds it.
+CLAIM_AHEAD = 0.05
+#: Weight of the newest run in the running mean of how long a run takes.
+DURATION_WEIGHT = 0.2
 
 
 def worker_name(prefix: str = "") -> str:
@@ -146,6 +153,8 @@ class Worker:
         self.stop_event = threading.Event()
         self.processed = 0
         self.batch_size = batch_size
+        #: Running mean of a run's duration here (seconds); None before the first run.
+        self.seconds_per_run: float | None = None
         #: Runs this process has claimed and not yet finished (all threads), and the
         #: lock that makes "claim, then remember" one step for the audit below.
         self._held: set[int] = set()
@@ -172,17 +181,39 @@ class Worker:
         return runs
 
     def _run_claimed(self, run, prepared=None) -> None:
+        started = time.monotonic()
         try:
             execute(run, manage_connections=self.manage_connections, prepared=prepared,
                     outcomes=self._outcomes)
         finally:
             if not getattr(run, "_sisy_outcome_pending", False):
                 self._held.discard(run.pk)
+            self.note_duration(time.monotonic() - started)
         self.processed += 1
         self._recent.add(run.pk)
         self._recent_order.append(run.pk)
         if len(self._recent_order) > RECENT_RUNS:
             self._recent.discard(self._recent_order.popleft())
+
+    def note_duration(self, seconds: float) -> None:
+        """Add one run's duration to the running mean behind :meth:`claim_limit`."""
+        mean = self.seconds_per_run
+        if mean is not None:
+            seconds = mean + (seconds - mean) * DURATION_WEIGHT
+        self.seconds_per_run = seconds
+
+    def claim_limit(self) -> int:
+        """How many runs the next batch claim takes: what ends within ``CLAIM_AHEAD``.
+
+        One until this worker has timed a run, then ``batch_size`` for runs of
+        5 ms or less, down to one for runs of 50 ms or more.
+        """
+        mean = self.seconds_per_run
+        if mean is None:
+            return 1
+        if mean * self.batch_size <= CLAIM_AHEAD:
+            return self.batch_size
+        return max(1, int(CLAIM_AHEAD / mean))
 
     def _written(self, run) -> None:
         self._held.discard(run.pk)
@@ -240,7 +271,9 @@ class Worker:
     def drain(self, *, exclusive: bool = True) -> int:
         """Claim and run due queued runs until none is left or we are asked to stop.
 
-        Runs are claimed ``batch_size`` at a time in one statement. Runs of
+        Runs are claimed up to ``batch_size`` at a time in one statement, as
+        many as :meth:`claim_limit` expects to finish within ``CLAIM_AHEAD``
+        seconds, so that slow runs are shared by all threads. Runs of
         tasks that forbid overlap (standing tasks, by default) are claimed one
         by one, before each batch, so that a long backlog of one-shot runs
         does not hold back a slot that is due. Right after a wake-up
@@ -252,7 +285,7 @@ class Worker:
         while not self.stop_event.is_set():
             runs = self._claim(claim_exclusive, self.channels, self.name) if exclusive else []
             exclusive = True  # from the second batch on: a backlog is being drained
-            runs += self._claim(claim_batch, self.channels, self.name, limit=self.batch_size)
+            runs += self._claim(claim_batch, self.channels, self.name, limit=self.claim_limit())
             if not runs:
                 break
             for index, run in enumerate(runs):

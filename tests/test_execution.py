@@ -12,7 +12,8 @@ import uuid
 from datetime import timedelta
 
 import pytest
-from django.db import transaction
+from django.db import connection, transaction
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 import sisy
@@ -368,7 +369,6 @@ def test_worker_commands_refuse_bad_options(argv, message):
 @pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
 def test_non_durable_enqueue_writes_the_row_and_leaks_no_setting(sisy_settings):
-    from django.db import connection
 
     sisy_settings(DURABLE_ENQUEUE=False)
     run = tasks.add.delay(1, 2)
@@ -467,9 +467,28 @@ def test_a_worker_skips_the_drain_after_a_wake_up_of_a_run_it_already_ran():
     assert not worker._ran_lately(["garbage"])
 
 
+def test_a_drain_claims_as_many_runs_as_end_within_claim_ahead():
+    worker = Worker(name="w", manage_connections=False, batch_size=10)
+    assert worker.claim_limit() == 1  # nothing timed yet
+    worker.note_duration(0.001)
+    assert (worker.seconds_per_run, worker.claim_limit()) == (0.001, 10)
+    worker.note_duration(0.051)  # one slow run moves the mean by a fifth of the gap
+    assert (round(worker.seconds_per_run, 6), worker.claim_limit()) == (0.011, 4)
+    for _ in range(20):
+        worker.note_duration(0.5)
+    assert worker.claim_limit() == 1
+    runs = [tasks.mark.delay(f"slow-{i}") for i in range(3)]
+    with CaptureQueriesContext(connection) as queries:
+        assert worker.drain() == 3
+    claims = [q["sql"] for q in queries if "RETURNING" in q["sql"] and "LIMIT" in q["sql"]]
+    assert len(claims) == 4  # one run per claim, and a last one that finds none
+    assert all(Run.objects.get(pk=r.pk).status == "succeeded" for r in runs)
+
+
 def test_a_stopping_worker_puts_claimed_runs_it_has_not_started_back():
     runs = [tasks.mark.delay(f"stop-{i}") for i in range(5)]
     worker = Worker(name="stopper", manage_connections=False)
+    worker.seconds_per_run = 0.0  # short runs: the drain claims all five at once
     original = worker._run_claimed
 
     def run_one_then_stop(run):
@@ -607,8 +626,6 @@ def test_delay_returns_the_run_exactly_as_stored():
 
 def test_hot_statements_show_in_captured_queries():
     """Under DEBUG or CaptureQueriesContext they go through Django's cursor like any query."""
-    from django.db import connection
-    from django.test.utils import CaptureQueriesContext
 
     with CaptureQueriesContext(connection) as queries:
         tasks.add.delay(1, 2)
@@ -623,7 +640,6 @@ def test_hot_statements_show_in_captured_queries():
 @pytest.mark.django_db(transaction=True)
 def test_a_worker_hands_plain_successes_to_its_outcome_writer():
     """Successes are written from the writer thread; failures before the worker goes on."""
-    from django.db import connection
 
     import sisy.backends  # noqa: F401  its receivers listen to its own tasks only
 
@@ -657,7 +673,6 @@ def test_a_worker_hands_plain_successes_to_its_outcome_writer():
 
 
 def test_without_postgresql_or_connection_care_outcomes_are_written_in_line():
-    from django.db import connection
 
     assert Worker(name="w", manage_connections=False)._outcomes is None
     assert Worker(name="w", background_outcomes=False)._outcomes is None
@@ -669,7 +684,6 @@ def test_without_postgresql_or_connection_care_outcomes_are_written_in_line():
 def test_an_embedded_worker_notices_other_connections_commits_by_data_version():
     import sqlite3
 
-    from django.db import connection
 
     if connection.vendor != "sqlite":
         pytest.skip("PRAGMA data_version is SQLite's; PostgreSQL workers are woken by Redis")
@@ -689,8 +703,6 @@ def test_an_embedded_worker_notices_other_connections_commits_by_data_version():
 @pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
 def test_outcomes_waiting_together_are_written_in_one_statement(sisy_settings):
-    from django.db import connection
-    from django.test.utils import CaptureQueriesContext
 
     from sisy.execution import claim_batch, store_outcomes
 
