@@ -161,11 +161,13 @@ class Run(models.Model):
     FINISHED = (Status.SUCCEEDED, Status.FAILED, Status.SKIPPED, Status.CANCELLED)
 
     id = models.BigAutoField(primary_key=True)
+    # The foreign keys get no index of their own: "sisy_run_by_task" and
+    # "sisy_run_retries" (below) cover them, for the rows that have one.
     task = models.ForeignKey(
         Task, null=True, blank=True, on_delete=models.SET_NULL, related_name="runs",
-        help_text="The standing task fired; empty for a one-shot .delay().",
+        help_text="The standing task fired; empty for a one-shot .delay().", db_index=False,
     )
-    task_name = models.CharField(max_length=200, db_index=True)
+    task_name = models.CharField(max_length=200)
     args = models.JSONField(default=list, blank=True)
     kwargs = models.JSONField(default=dict, blank=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
@@ -178,7 +180,8 @@ class Run(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
     attempt = models.PositiveIntegerField(default=1)
     retry_of = models.ForeignKey(
-        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="retried_by"
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="retried_by",
+        db_index=False,
     )
     exclusive = models.BooleanField(
         default=False, help_text="At most one exclusive run of a task may be running."
@@ -205,13 +208,22 @@ class Run(models.Model):
                 name="sisy_run_no_overlap",
             ),
         ]
+        # The table is a queue: every write of a row that is not HOT adds an entry to
+        # each index whose condition the row meets. Indexes that only some rows need
+        # are partial, so a one-shot run touches three (id, task_name and the one of
+        # its status) at its insert, claim and outcome, not all of them.
         indexes = [
             models.Index(fields=["not_before", "id"], name="sisy_run_queued",
                          condition=Q(status="queued")),
             models.Index(fields=["worker"], name="sisy_run_running",
                          condition=Q(status="running")),
-            models.Index(fields=["task", "-scheduled_for"], name="sisy_run_by_task"),
-            models.Index(fields=["finished_at"], name="sisy_run_finished"),
+            models.Index(fields=["task", "-scheduled_for"], name="sisy_run_by_task",
+                         condition=Q(task__isnull=False)),
+            models.Index(fields=["finished_at"], name="sisy_run_finished",
+                         condition=Q(finished_at__isnull=False)),
+            models.Index(fields=["retry_of"], name="sisy_run_retries",
+                         condition=Q(retry_of__isnull=False)),
+            models.Index(fields=["task_name"], name="sisy_run_task_name"),
         ]
 
     def __str__(self):

@@ -369,7 +369,6 @@ def test_worker_commands_refuse_bad_options(argv, message):
 @pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
 def test_non_durable_enqueue_writes_the_row_and_leaks_no_setting(sisy_settings):
-
     sisy_settings(DURABLE_ENQUEUE=False)
     run = tasks.add.delay(1, 2)
     assert Run.objects.get(pk=run.pk).args == [1, 2]
@@ -673,7 +672,6 @@ def test_a_worker_hands_plain_successes_to_its_outcome_writer():
 
 
 def test_without_postgresql_or_connection_care_outcomes_are_written_in_line():
-
     assert Worker(name="w", manage_connections=False)._outcomes is None
     assert Worker(name="w", background_outcomes=False)._outcomes is None
     expected = connection.vendor == "postgresql"
@@ -683,7 +681,6 @@ def test_without_postgresql_or_connection_care_outcomes_are_written_in_line():
 @pytest.mark.django_db(transaction=True)
 def test_an_embedded_worker_notices_other_connections_commits_by_data_version():
     import sqlite3
-
 
     if connection.vendor != "sqlite":
         pytest.skip("PRAGMA data_version is SQLite's; PostgreSQL workers are woken by Redis")
@@ -703,7 +700,6 @@ def test_an_embedded_worker_notices_other_connections_commits_by_data_version():
 @pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
 def test_outcomes_waiting_together_are_written_in_one_statement(sisy_settings):
-
     from sisy.execution import claim_batch, store_outcomes
 
     for i in range(3):
@@ -737,3 +733,37 @@ def test_outcomes_waiting_together_are_written_in_one_statement(sisy_settings):
     with connection.cursor() as cursor:
         cursor.execute("SELECT current_setting('synchronous_commit')")
         assert cursor.fetchone() == ("on",)
+
+
+# -- the run table's indexes ----------------------------------------------------------------
+
+def test_a_one_shot_run_is_only_in_the_indexes_every_run_needs():
+    """Partial indexes keep a queue write cheap: a one-shot run has no task, no
+    retry and no finish time, so only the id, name and status indexes hold it."""
+    if connection.vendor == "postgresql":
+        sql = "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = %s"
+    else:
+        sql = "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = %s"
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [Run._meta.db_table])
+        indexes = {name: " WHERE " in (definition or "") for name, definition in cursor}
+    indexes.pop("sisy_run_pkey", None)  # PostgreSQL's primary key; SQLite's is the table
+    assert indexes == {
+        "sisy_run_task_name": False,
+        "sisy_run_queued": True, "sisy_run_running": True, "sisy_run_by_task": True,
+        "sisy_run_finished": True, "sisy_run_retries": True,
+        "sisy_run_one_per_slot": True, "sisy_run_no_overlap": True,
+    }
+
+
+@pytest.mark.postgres
+def test_lookups_by_task_retry_and_finish_time_use_the_partial_indexes():
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL enable_seqscan = off")
+    plans = {
+        "sisy_run_by_task": Run.objects.filter(task_id__in=[1, 2]).order_by(),
+        "sisy_run_retries": Run.objects.filter(retry_of_id=1).order_by(),
+        "sisy_run_finished": Run.objects.filter(finished_at__lt=timezone.now()).order_by(),
+    }
+    for index, queryset in plans.items():
+        assert index in queryset.explain(), (index, queryset.explain())
