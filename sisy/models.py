@@ -215,6 +215,8 @@ class Run(models.Model):
         indexes = [
             models.Index(fields=["not_before", "id"], name="sisy_run_queued",
                          condition=Q(status="queued")),
+            models.Index(fields=["not_before", "id"], name="sisy_run_queued_exclusive",
+                         condition=Q(status="queued", exclusive=True)),
             models.Index(fields=["worker"], name="sisy_run_running",
                          condition=Q(status="running")),
             models.Index(fields=["task", "-scheduled_for"], name="sisy_run_by_task",

@@ -750,20 +750,60 @@ def test_a_one_shot_run_is_only_in_the_indexes_every_run_needs():
     indexes.pop("sisy_run_pkey", None)  # PostgreSQL's primary key; SQLite's is the table
     assert indexes == {
         "sisy_run_task_name": False,
-        "sisy_run_queued": True, "sisy_run_running": True, "sisy_run_by_task": True,
+        "sisy_run_queued": True, "sisy_run_queued_exclusive": True,
+        "sisy_run_running": True, "sisy_run_by_task": True,
         "sisy_run_finished": True, "sisy_run_retries": True,
         "sisy_run_one_per_slot": True, "sisy_run_no_overlap": True,
     }
 
 
 @pytest.mark.postgres
-def test_lookups_by_task_retry_and_finish_time_use_the_partial_indexes():
+def test_lookups_by_task_retry_finish_time_and_exclusivity_use_the_partial_indexes():
     with connection.cursor() as cursor:
         cursor.execute("SET LOCAL enable_seqscan = off")
     plans = {
         "sisy_run_by_task": Run.objects.filter(task_id__in=[1, 2]).order_by(),
         "sisy_run_retries": Run.objects.filter(retry_of_id=1).order_by(),
         "sisy_run_finished": Run.objects.filter(finished_at__lt=timezone.now()).order_by(),
+        "sisy_run_queued_exclusive": Run.objects.filter(
+            status="queued", exclusive=True, not_before__lte=timezone.now(),
+        ).order_by("not_before", "id"),
     }
     for index, queryset in plans.items():
         assert index in queryset.explain(), (index, queryset.explain())
+
+
+# -- prepared statements ----------------------------------------------------------------------
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_hot_statements_are_prepared_only_when_the_connection_asks_for_it(sisy_settings):
+    """Sisy follows ``OPTIONS["prepare_threshold"]``: Django's default (None) prepares
+    nothing, so PgBouncer in transaction mode keeps working; a threshold prepares
+    ``.delay()``'s INSERT and the worker's claims and outcome writes."""
+    from sisy.execution import claim_batch, claim_exclusive, store_outcomes
+
+    def prepared() -> list[str]:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT statement FROM pg_prepared_statements ORDER BY statement")
+            return [" ".join(row[0].split()[:4]) for row in cursor.fetchall()]
+
+    def one_cycle():
+        made = [tasks.add.delay(i) for i in range(2)]
+        assert claim_exclusive(["sisy.run_task"], "w") is None
+        claimed = claim_batch(["sisy.run_task"], "w", limit=2)
+        for run in claimed:
+            run.status, run.result, run.finished_at = "succeeded", run.pk, timezone.now()
+        assert store_outcomes(claimed) == {run.pk for run in made}
+
+    one_cycle()
+    assert prepared() == []
+    connection.connection.prepare_threshold = 0  # what OPTIONS={"prepare_threshold": 0} sets
+    try:
+        one_cycle()
+        one_cycle()
+        assert prepared() == ["INSERT INTO sisy_run (task_name,", "SELECT id FROM sisy_run",
+                              "UPDATE sisy_run AS r", "UPDATE sisy_run SET status"]
+        assert Run.objects.filter(status="succeeded").count() == 6
+    finally:
+        connection.close()  # a new connection gets the settings' threshold back

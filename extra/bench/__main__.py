@@ -2,7 +2,8 @@
 
     python -m extra.bench [--tasks 5000] [--repeat 1] [--latency 200]
                           [--schedule-seconds 20] [--sizes 100,10000,100000]
-                          [--systems sisy-pg,sisy-embedded,celery,huey,procrastinate,floor]
+                          [--systems sisy-pg,sisy-pg-prepared,sisy-embedded,celery,huey,
+                                     procrastinate,floor]
 
 (``extra/bench/run`` makes the virtualenv with the reference systems and runs
 this.) Each system is measured in a child process of its own that starts its
@@ -25,15 +26,19 @@ from importlib import metadata
 
 from extra.bench import common
 
-ALL = ["sisy-pg", "sisy-embedded", "celery", "huey", "procrastinate", "floor"]
+ALL = ["sisy-pg", "sisy-pg-prepared", "sisy-embedded", "celery", "huey", "procrastinate",
+       "floor"]
 COLUMNS = {
-    "sisy-pg": "Sisy PG+Redis", "sisy-embedded": "Sisy SQLite+mem", "celery": "Celery solo",
+    "sisy-pg": "Sisy PG+Redis", "sisy-pg-prepared": "Sisy PG prepared",
+    "sisy-embedded": "Sisy SQLite+mem", "celery": "Celery solo",
     "huey": "Huey", "procrastinate": "Procrastinate", "floor": "ch-redis floor",
 }
 DOCS = common.ROOT / "docs" / "performance.rst"
 BEGIN, END = ".. bench-table-begin", ".. bench-table-end"
 LEGEND = [
     "(×) = ratio to the Celery column of the same run; ↑ higher is better, ↓ lower is better.",
+    "Sisy PG prepared: the same with DATABASES OPTIONS {\"prepare_threshold\": 5}",
+    "   (psycopg's prepared statements; Django's default is None).",
     "W4 Celery column: celery beat (PersistentScheduler, schedule 1.0 s) + 1 solo worker;",
     "   Sisy: sisy_heartbeat + 1 sisy_worker (embedded: one sisy_run).",
     "W5 Celery column: django-celery-beat's DatabaseScheduler (fire all due capped at 30 s).",

@@ -33,6 +33,9 @@ else:
         "ENGINE": "django.db.backends.postgresql",
         "HOST": "127.0.0.1", "PORT": 5432, "USER": "postgres",
         "NAME": os.environ.get("SISY_BENCH_DB", "sisy_bench"),
+        # SISY_BENCH_DB_OPTIONS='{"prepare_threshold": 5}' measures with psycopg's
+        # prepared statements (Django's default, None, never prepares).
+        "OPTIONS": json.loads(os.environ.get("SISY_BENCH_DB_OPTIONS", "{}")),
     }}
     CHANNEL_LAYERS = {"default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",

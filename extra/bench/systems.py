@@ -129,6 +129,16 @@ class Sisy(System):
         return done.aggregate(last=Max("finished_at"))["last"].timestamp()
 
 
+class SisyPrepared(Sisy):
+    """Sisy on PostgreSQL with psycopg's prepared statements (``DATABASES[...]["OPTIONS"]
+    = {"prepare_threshold": 5}``): a deployment choice, not Django's default."""
+    key = "sisy-pg-prepared"
+    label = "Sisy, PostgreSQL + Redis, prepared statements"
+
+    def env(self, **extra) -> dict:
+        return super().env(SISY_BENCH_DB_OPTIONS='{"prepare_threshold": 5}', **extra)
+
+
 class SisyEmbedded(Sisy):
     key = "sisy-embedded"
     label = "Sisy, SQLite + in-memory"
@@ -222,4 +232,5 @@ class Procrastinate(System):
         self._noop.defer(i=i)
 
 
-SYSTEMS = {system.key: system for system in (Sisy, SisyEmbedded, Celery, Huey, Procrastinate)}
+SYSTEMS = {system.key: system
+           for system in (Sisy, SisyPrepared, SisyEmbedded, Celery, Huey, Procrastinate)}
