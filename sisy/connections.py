@@ -8,6 +8,18 @@ try:
     import psycopg
 except ImportError:  # psycopg2, or no PostgreSQL at all
     psycopg = None
+    _Replanned = None
+else:
+    class _Replanned(psycopg.Cursor):
+        """A server-side cursor whose statements are planned at each execution.
+
+        A queue table goes from empty to thousands of rows and back: a plan
+        that PostgreSQL chose and kept (a prepared statement's generic plan)
+        while it was small reads the whole table once it has grown.
+        """
+
+        def execute(self, query, params=None, *, prepare=None, binary=None):
+            return super().execute(query, params, prepare=False, binary=binary)
 
 __all__ = ["tidy_connections", "execute_write", "fast_cursor", "async_commit_possible"]
 
@@ -45,7 +57,7 @@ def async_commit_possible(conn) -> bool:
 
 
 @contextlib.contextmanager
-def fast_cursor(conn, *, single_statement: bool = True):
+def fast_cursor(conn, *, single_statement: bool = True, replan: bool = False):
     """A cursor for Sisy's hot statements (``.delay()``, claims, outcomes).
 
     On PostgreSQL, unless queries are being logged (``DEBUG``) or an execute
@@ -53,8 +65,11 @@ def fast_cursor(conn, *, single_statement: bool = True):
     checks and error translation, without Django's cursor wrapper. For one
     statement on psycopg 3 it binds values on the server: they travel apart
     from the SQL instead of being quoted into it (half the CPU of a
-    ``.delay()`` besides the commit). Nothing is prepared, so connection
-    poolers keep working, as with Django's own default.
+    ``.delay()`` besides the commit). Statements are prepared as the
+    connection's ``prepare_threshold`` says (Django's default: never, so
+    connection poolers keep working), except with ``replan=True``: the
+    worker's claims and outcome writes, whose best plan changes as the queue
+    table grows and shrinks.
     """
     if conn.vendor != "postgresql" or conn.queries_logged or conn.execute_wrappers:
         with conn.cursor() as cursor:
@@ -68,14 +83,18 @@ def fast_cursor(conn, *, single_statement: bool = True):
         raw = conn.connection
         server_side = (single_statement and psycopg is not None
                        and isinstance(raw, psycopg.Connection))
-        cursor = psycopg.Cursor(raw) if server_side else raw.cursor()
+        if server_side:
+            cursor = _Replanned(raw) if replan else psycopg.Cursor(raw)
+        else:
+            cursor = raw.cursor()
         try:
             yield cursor
         finally:
             cursor.close()
 
 
-def execute_write(conn, sql: str, params, *, durable: bool, async_sql: str | None = None):
+def execute_write(conn, sql: str, params, *, durable: bool, async_sql: str | None = None,
+                  replan: bool = False):
     """Execute one write statement and return the cursor's first row and row count.
 
     Outside a transaction on PostgreSQL, ``durable=False`` commits it with
@@ -92,7 +111,7 @@ def execute_write(conn, sql: str, params, *, durable: bool, async_sql: str | Non
             sql = async_sql
         elif not _server_side_binding(conn):
             sql, two_statements = "SET LOCAL synchronous_commit TO OFF; " + sql, True
-    with fast_cursor(conn, single_statement=not two_statements) as cursor:
+    with fast_cursor(conn, single_statement=not two_statements, replan=replan) as cursor:
         cursor.execute(sql, params)
         if two_statements:
             cursor.nextset()

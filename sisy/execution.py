@@ -107,7 +107,7 @@ def _claim_sql(where: str, params: list, worker: str, now: datetime,
     sql = (f"UPDATE {table} SET status = %s, started_at = %s, worker = %s "
            f"WHERE {where} RETURNING {returning}")
     conn = connections[using]
-    with fast_cursor(conn) as cursor:
+    with fast_cursor(conn, replan=True) as cursor:
         cursor.execute(sql, [Status.RUNNING, now, worker, *params])
         return _from_rows(cursor.fetchall(), using)
 
@@ -174,7 +174,7 @@ def claim_exclusive(channels: list[str], worker: str, *,
     marks = ", ".join(["%s"] * len(channels))
     sql = (f"SELECT id FROM {Run._meta.db_table} WHERE status = %s AND exclusive "
            f"AND not_before <= %s AND channel IN ({marks}) ORDER BY not_before, id LIMIT 5")
-    with fast_cursor(connection) as cursor:
+    with fast_cursor(connection, replan=True) as cursor:
         cursor.execute(sql, [Status.QUEUED, now, *channels])
         candidates = [row[0] for row in cursor.fetchall()]
     for candidate in candidates:
@@ -305,7 +305,8 @@ def _store_outcome(run: Run, *, durable: bool, using: str = DEFAULT_DB_ALIAS) ->
                   for name in _OUTCOME_FIELDS]
     sql, async_sql = _outcome_sql()
     params = [*values, run.pk, Status.RUNNING, run.worker]
-    _, count = execute_write(conn, sql, params, durable=durable, async_sql=async_sql)
+    _, count = execute_write(conn, sql, params, durable=durable, async_sql=async_sql,
+                             replan=True)
     return count
 
 
@@ -378,7 +379,7 @@ def store_outcomes(runs: list[Run]) -> set[int]:
         sql = _outcomes_sql(len(chunk), durable=durable)
 
         def write(sql=sql, params=params):
-            with fast_cursor(conn) as cursor:
+            with fast_cursor(conn, replan=True) as cursor:
                 cursor.execute(sql, params)
                 return {row[0] for row in cursor.fetchall()}
 

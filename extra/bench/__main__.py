@@ -38,7 +38,7 @@ BEGIN, END = ".. bench-table-begin", ".. bench-table-end"
 LEGEND = [
     "(×) = ratio to the Celery column of the same run; ↑ higher is better, ↓ lower is better.",
     "Sisy PG prepared: the same with DATABASES OPTIONS {\"prepare_threshold\": 5}",
-    "   (psycopg's prepared statements; Django's default is None).",
+    "   (.delay()'s INSERT is prepared; Django's default, None, prepares nothing).",
     "W4 Celery column: celery beat (PersistentScheduler, schedule 1.0 s) + 1 solo worker;",
     "   Sisy: sisy_heartbeat + 1 sisy_worker (embedded: one sisy_run).",
     "W5 Celery column: django-celery-beat's DatabaseScheduler (fire all due capped at 30 s).",
