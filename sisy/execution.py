@@ -48,7 +48,8 @@ from sisy.models import Run, Task
 from sisy.registry import registry
 
 __all__ = [
-    "claim", "claim_batch", "claim_exclusive", "claim_next", "release", "prepare",
+    "claim", "claim_batch", "claim_exclusive", "claim_next", "claim_wakeup", "release",
+    "prepare",
     "execute", "execute_eagerly", "schedule_retry", "finish",
 ]
 
@@ -156,6 +157,38 @@ def claim_batch(channels: list[str], worker: str, *, now: datetime | None = None
     runs = _claim_sql(where, [Status.QUEUED, now, *channels, limit], worker, now)
     # RETURNING keeps no order: run them oldest first, as they were chosen.
     return sorted(runs, key=lambda run: (run.not_before, run.pk))
+
+
+def claim_wakeup(run_id: int, name: str, channels: list[str], worker: str, *,
+                 now: datetime | None = None, more: int = 0) -> list[Run] | None:
+    """Claim the run a wake-up names and up to ``more`` other due runs, in one statement.
+
+    The named run is claimed as :func:`claim` would; the others as
+    :func:`claim_batch` would (oldest first, none that forbids overlap). When
+    the named run is gone -- another worker's batch took it -- the statement
+    still takes work that is waiting, instead of leaving one wasted statement
+    per wake-up. The named run comes first in the list. ``None`` means the
+    named run may not start now (another run of its task is running); claim
+    it with :func:`claim`, which records that.
+    """
+    now = now or timezone.now()
+    table = Run._meta.db_table
+    marks = ", ".join(["%s"] * len(channels))
+    lock = " FOR UPDATE SKIP LOCKED" if connection.features.has_select_for_update_skip_locked \
+        else ""
+    where = (f"id IN (SELECT id FROM (SELECT id FROM {table} WHERE id = %s AND status = %s "
+             f"AND not_before <= %s AND task_name = %s{lock}) AS named UNION ALL "
+             f"SELECT id FROM (SELECT id FROM {table} WHERE status = %s AND not_before <= %s "
+             f"AND channel IN ({marks}) AND NOT exclusive AND id <> %s "
+             f"ORDER BY not_before, id LIMIT %s{lock}) AS waiting)")
+    params = [run_id, Status.QUEUED, now, name, Status.QUEUED, now, *channels, run_id, more]
+    guard = transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext()
+    try:
+        with guard:
+            runs = _claim_sql(where, params, worker, now)
+    except IntegrityError:
+        return None
+    return sorted(runs, key=lambda run: (run.pk != run_id, run.not_before, run.pk))
 
 
 def claim_next(channels: list[str], worker: str, *, now: datetime | None = None) -> Run | None:

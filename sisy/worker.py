@@ -28,7 +28,15 @@ from django.utils import timezone
 from sisy import dispatch
 from sisy.conf import get_settings
 from sisy.connections import tidy_connections
-from sisy.execution import claim, claim_batch, claim_exclusive, execute, prepare, release
+from sisy.execution import (
+    claim,
+    claim_batch,
+    claim_exclusive,
+    claim_wakeup,
+    execute,
+    prepare,
+    release,
+)
 from sisy.models import Run
 from sisy.models import Worker as WorkerRow
 from sisy.outcomes import OutcomeWriter
@@ -240,33 +248,63 @@ class Worker:
 
     def handle_message(self, message: object) -> bool:
         """Claim and run the run a message names; False if it was refused or lost."""
+        return self._handle(message)[0]
+
+    def _handle(self, message: object) -> tuple[bool, bool]:
+        """Handle a wake-up: (whether the named run ran, whether a drain should follow).
+
+        Once this worker knows its runs are short (:meth:`claim_limit` above
+        one), the named run and a batch of other waiting runs are claimed in
+        one statement (:func:`~sisy.execution.claim_wakeup`): a wake-up whose
+        run another worker took still finds work, and the table is drained
+        only when that batch came back full.
+        """
         parsed = parse_message(message)
         if parsed is None:
             logger.warning("Worker %s refused a malformed message: %s", self.name, _short(message))
-            return False
+            return False, False
         run_id, name = parsed
         if run_id in self._recent:
-            return False  # this worker already ran it while draining the table
+            return False, False  # this worker already ran it while draining the table
         self._tidy_connections()
         at = start_at(message)
         early = 0.0 if at is None else at - time.time()
         if not 0 < early <= MAX_EARLY:
             early = 0.0
+        limit = self.claim_limit()
+        if not early and limit > 1:
+            with self._claims_lock:
+                batch = claim_wakeup(run_id, name, self.channels, self.name, more=limit - 1)
+                self._held.update(run.pk for run in batch or ())
+            if batch is not None:  # None: its task is running; claim() below records that
+                ran = bool(batch) and batch[0].pk == run_id
+                self._run_all(batch)
+                return ran, len(batch) - ran >= limit - 1
         # A slot fired ahead is claimed ahead too, so that it starts on the dot.
         claim_time = timezone.now() + timedelta(seconds=early)
         claimed = self._claim(claim, run_id, self.name, name=name, now=claim_time)
         if not claimed:
             logger.debug("Run %s (%s) was not claimable; another worker has it.", run_id, name)
-            return False
+            return False, False
         prepared = None
         if early:
             prepared = prepare(claimed[0])  # the database work, before the slot
             if self.stop_event.wait(max(0.0, at - time.time())):
                 release(claimed, self.name)  # asked to stop before its start: give it back
                 self._held.discard(run_id)
-                return False
+                return False, False
         self._run_claimed(claimed[0], prepared)
-        return True
+        return True, True
+
+    def _run_all(self, runs: list) -> int:
+        """Run claimed runs in order; put back those not started when asked to stop."""
+        for index, run in enumerate(runs):
+            if self.stop_event.is_set():
+                release(runs[index:], self.name)
+                self._held.difference_update(run.pk for run in runs[index:])
+                return index
+            self._run_claimed(run)
+        return len(runs)
 
     def drain(self, *, exclusive: bool = True) -> int:
         """Claim and run due queued runs until none is left or we are asked to stop.
@@ -288,13 +326,7 @@ class Worker:
             runs += self._claim(claim_batch, self.channels, self.name, limit=self.claim_limit())
             if not runs:
                 break
-            for index, run in enumerate(runs):
-                if self.stop_event.is_set():
-                    release(runs[index:], self.name)
-                    self._held.difference_update(run.pk for run in runs[index:])
-                    break
-                self._run_claimed(run)
-                done += 1
+            done += self._run_all(runs)
         return done
 
     # -- the loops: one per thread, each with its own event loop for receiving -------------
@@ -344,8 +376,10 @@ class Worker:
                 # wake-up of a run taken already (by this worker's drain or another
                 # worker) means the taker is draining; runs queued since have wake-ups
                 # of their own, and the poll above finds any that were lost.
-                if not self._ran_lately(message) and self._guarded(self.handle_message, message):
-                    self._guarded(self.drain, exclusive=False)
+                if not self._ran_lately(message):
+                    handled = self._guarded(self._handle, message)
+                    if handled and handled[1]:
+                        self._guarded(self.drain, exclusive=False)
         finally:
             _close_loop(loop, layer)
             connection.close()

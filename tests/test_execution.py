@@ -151,6 +151,69 @@ def test_exclusive_runs_of_one_task_never_run_together():
     assert b.error == "Skipped: another run of this task was still running (allow_overlap=False)."
 
 
+def test_a_wakeup_claims_its_run_first_and_a_batch_of_waiting_runs_in_one_statement():
+    from sisy.execution import claim_wakeup
+
+    older, named, newer, later = (tasks.add.delay(i) for i in range(4))
+    task = Task.objects.create(name="solo", schedule="* * * * *", allow_overlap=False)
+    exclusive = Run.objects.create(task=task, task_name="exec.mark", args=["x"],
+                                   channel="sisy.run_task", scheduled_for=timezone.now(),
+                                   not_before=timezone.now(), exclusive=True)
+    with CaptureQueriesContext(connection) as queries:
+        claimed = claim_wakeup(named.pk, named.task_name, ["sisy.run_task"], "w", more=2)
+    statements = [q["sql"] for q in queries.captured_queries if "SAVEPOINT" not in q["sql"]]
+    assert [sql.split()[0] for sql in statements] == ["UPDATE"]  # the test's transaction aside
+    assert [run.pk for run in claimed] == [named.pk, older.pk, newer.pk]
+    assert {run.status for run in claimed} == {"running"}
+    assert {r.pk: r.status for r in Run.objects.all()} == {
+        older.pk: "running", named.pk: "running", newer.pk: "running",
+        later.pk: "queued", exclusive.pk: "queued"}
+    # Its run taken already: the wake-up still takes the work that waits, not the exclusive run.
+    assert [r.pk for r in claim_wakeup(named.pk, named.task_name, ["sisy.run_task"], "w2",
+                                       more=5)] == [later.pk]
+    assert claim_wakeup(named.pk, named.task_name, ["sisy.run_task"], "w2", more=5) == []
+
+
+def test_a_wakeup_claims_nothing_by_a_wrong_name_and_gives_way_to_a_running_exclusive_run():
+    from sisy.execution import claim_wakeup
+
+    run = tasks.add.delay(1)
+    assert claim_wakeup(run.pk, "os.system", ["sisy.run_task"], "w") == []
+    assert Run.objects.get(pk=run.pk).status == "queued"
+    task = Task.objects.create(name="solo", schedule="* * * * *", allow_overlap=False)
+    now = timezone.now()
+    a, b = (Run.objects.create(task=task, task_name="exec.mark", args=["x"],
+                               channel="sisy.run_task", scheduled_for=now + timedelta(seconds=i),
+                               not_before=now, exclusive=True) for i in range(2))
+    assert claim(a.pk, "w1") is not None
+    # b may not start while a runs: None, and nothing of the batch was claimed either.
+    assert claim_wakeup(b.pk, "exec.mark", ["sisy.run_task"], "w2", more=5) is None
+    assert {r.pk: r.status for r in Run.objects.all()} == {
+        run.pk: "queued", a.pk: "running", b.pk: "queued"}
+
+
+def test_a_worker_that_knows_its_runs_are_short_turns_a_stale_wakeup_into_work():
+    first, second, third = (tasks.mark.delay(f"w{i}") for i in range(3))
+    Run.objects.filter(pk=first.pk).update(status="running", worker="other")
+    worker = Worker(name="w", manage_connections=False, background_outcomes=False)
+    message = {"type": "sisy.run", "run": first.pk, "name": "exec.mark"}
+    assert worker._handle(message) == (False, False)  # before any timing: the one-by-one path
+    assert Run.objects.get(pk=second.pk).status == "queued"
+    worker.seconds_per_run = 0.0
+    # Another worker has the named run; this one runs what waits. A batch that was not
+    # full means the table holds no more: no drain follows.
+    assert worker._handle(message) == (False, False)
+    assert sorted(Mark.objects.values_list("token", flat=True)) == ["w1", "w2"]
+    fourth = tasks.mark.delay("w3")
+    assert worker._handle({"type": "sisy.run", "run": fourth.pk, "name": "exec.mark"}) == (
+        True, False)
+    assert Run.objects.get(pk=fourth.pk).status == "succeeded"
+    more = [tasks.mark.delay(f"m{i}") for i in range(worker.batch_size + 1)]
+    assert worker._handle({"type": "sisy.run", "run": more[0].pk, "name": "exec.mark"}) == (
+        True, True)  # a full batch: the table may hold more, so a drain follows
+    assert Run.objects.filter(status="queued").count() == 1
+
+
 # -- executing ------------------------------------------------------------------------------
 
 def test_success_records_result_timing_and_worker():
