@@ -163,6 +163,8 @@ class Worker:
         self.batch_size = batch_size
         #: Running mean of a run's duration here (seconds); None before the first run.
         self.seconds_per_run: float | None = None
+        #: Whether the last wake-up's run had been taken by another worker.
+        self.contended = False
         #: Runs this process has claimed and not yet finished (all threads), and the
         #: lock that makes "claim, then remember" one step for the audit below.
         self._held: set[int] = set()
@@ -253,11 +255,14 @@ class Worker:
     def _handle(self, message: object) -> tuple[bool, bool]:
         """Handle a wake-up: (whether the named run ran, whether a drain should follow).
 
-        Once this worker knows its runs are short (:meth:`claim_limit` above
-        one), the named run and a batch of other waiting runs are claimed in
-        one statement (:func:`~sisy.execution.claim_wakeup`): a wake-up whose
-        run another worker took still finds work, and the table is drained
-        only when that batch came back full.
+        The named run is claimed alone, which is the quickest way to start it,
+        and the table is drained after it. But when the last wake-up's run
+        had been taken by another worker (whose batches are then taking the
+        runs that these wake-ups name) and this worker knows its runs are
+        short (:meth:`claim_limit` above one), the named run and a batch of
+        other waiting runs are claimed in one statement
+        (:func:`~sisy.execution.claim_wakeup`): the wake-up still finds work,
+        and the table is drained only when that batch came back full.
         """
         parsed = parse_message(message)
         if parsed is None:
@@ -272,17 +277,19 @@ class Worker:
         if not 0 < early <= MAX_EARLY:
             early = 0.0
         limit = self.claim_limit()
-        if not early and limit > 1:
+        if self.contended and not early and limit > 1:
             with self._claims_lock:
                 batch = claim_wakeup(run_id, name, self.channels, self.name, more=limit - 1)
                 self._held.update(run.pk for run in batch or ())
             if batch is not None:  # None: its task is running; claim() below records that
                 ran = bool(batch) and batch[0].pk == run_id
+                self.contended = not ran
                 self._run_all(batch)
                 return ran, len(batch) - ran >= limit - 1
         # A slot fired ahead is claimed ahead too, so that it starts on the dot.
         claim_time = timezone.now() + timedelta(seconds=early)
         claimed = self._claim(claim, run_id, self.name, name=name, now=claim_time)
+        self.contended = not claimed
         if not claimed:
             logger.debug("Run %s (%s) was not claimable; another worker has it.", run_id, name)
             return False, False

@@ -192,26 +192,32 @@ def test_a_wakeup_claims_nothing_by_a_wrong_name_and_gives_way_to_a_running_excl
         run.pk: "queued", a.pk: "running", b.pk: "queued"}
 
 
-def test_a_worker_that_knows_its_runs_are_short_turns_a_stale_wakeup_into_work():
+def test_after_a_wakeup_lost_to_another_worker_a_wakeup_also_claims_waiting_runs():
     first, second, third = (tasks.mark.delay(f"w{i}") for i in range(3))
     Run.objects.filter(pk=first.pk).update(status="running", worker="other")
     worker = Worker(name="w", manage_connections=False, background_outcomes=False)
     message = {"type": "sisy.run", "run": first.pk, "name": "exec.mark"}
     assert worker._handle(message) == (False, False)  # before any timing: the one-by-one path
-    assert Run.objects.get(pk=second.pk).status == "queued"
+    assert worker.contended and Run.objects.get(pk=second.pk).status == "queued"
     worker.seconds_per_run = 0.0
-    # Another worker has the named run; this one runs what waits. A batch that was not
-    # full means the table holds no more: no drain follows.
-    assert worker._handle(message) == (False, False)
+    # The last wake-up's run was taken by another worker, and so is this one's: this worker
+    # runs what waits. A batch that was not full means the table holds no more: no drain.
+    with CaptureQueriesContext(connection) as queries:
+        assert worker._handle(message) == (False, False)
+    assert sum("AS named" in q["sql"] for q in queries.captured_queries) == 1
     assert sorted(Mark.objects.values_list("token", flat=True)) == ["w1", "w2"]
-    fourth = tasks.mark.delay("w3")
-    assert worker._handle({"type": "sisy.run", "run": fourth.pk, "name": "exec.mark"}) == (
-        True, False)
-    assert Run.objects.get(pk=fourth.pk).status == "succeeded"
+    assert worker.contended
     more = [tasks.mark.delay(f"m{i}") for i in range(worker.batch_size + 1)]
     assert worker._handle({"type": "sisy.run", "run": more[0].pk, "name": "exec.mark"}) == (
         True, True)  # a full batch: the table may hold more, so a drain follows
     assert Run.objects.filter(status="queued").count() == 1
+    # Its own run found: back to the quickest start, the named run claimed alone.
+    assert not worker.contended
+    last = tasks.mark.delay("last")
+    with CaptureQueriesContext(connection) as queries:
+        assert worker._handle({"type": "sisy.run", "run": last.pk, "name": "exec.mark"}) == (
+            True, True)
+    assert not any("AS named" in q["sql"] for q in queries.captured_queries)
 
 
 # -- executing ------------------------------------------------------------------------------
