@@ -57,7 +57,7 @@ def async_commit_possible(conn) -> bool:
 
 
 @contextlib.contextmanager
-def fast_cursor(conn, *, single_statement: bool = True, replan: bool = False):
+def fast_cursor(conn, *, single_statement: bool = True, preparable: bool = False):
     """A cursor for Sisy's hot statements (``.delay()``, claims, outcomes).
 
     On PostgreSQL, unless queries are being logged (``DEBUG``) or an execute
@@ -65,11 +65,11 @@ def fast_cursor(conn, *, single_statement: bool = True, replan: bool = False):
     checks and error translation, without Django's cursor wrapper. For one
     statement on psycopg 3 it binds values on the server: they travel apart
     from the SQL instead of being quoted into it (half the CPU of a
-    ``.delay()`` besides the commit). Statements are prepared as the
-    connection's ``prepare_threshold`` says (Django's default: never, so
-    connection poolers keep working), except with ``replan=True``: the
-    worker's claims and outcome writes, whose best plan changes as the queue
-    table grows and shrinks.
+    ``.delay()`` besides the commit). Its statements are planned at each
+    execution: their best plan changes as the queue table grows and shrinks.
+    Only ``preparable=True`` statements (``.delay()``'s ``INSERT``, which has
+    one plan) are prepared, as the connection's ``prepare_threshold`` says
+    (Django's default: never, so connection poolers keep working).
     """
     if conn.vendor != "postgresql" or conn.queries_logged or conn.execute_wrappers:
         with conn.cursor() as cursor:
@@ -84,7 +84,7 @@ def fast_cursor(conn, *, single_statement: bool = True, replan: bool = False):
         server_side = (single_statement and psycopg is not None
                        and isinstance(raw, psycopg.Connection))
         if server_side:
-            cursor = _Replanned(raw) if replan else psycopg.Cursor(raw)
+            cursor = psycopg.Cursor(raw) if preparable else _Replanned(raw)
         else:
             cursor = raw.cursor()
         try:
@@ -94,7 +94,7 @@ def fast_cursor(conn, *, single_statement: bool = True, replan: bool = False):
 
 
 def execute_write(conn, sql: str, params, *, durable: bool, async_sql: str | None = None,
-                  replan: bool = False):
+                  preparable: bool = False):
     """Execute one write statement and return the cursor's first row and row count.
 
     Outside a transaction on PostgreSQL, ``durable=False`` commits it with
@@ -111,7 +111,8 @@ def execute_write(conn, sql: str, params, *, durable: bool, async_sql: str | Non
             sql = async_sql
         elif not _server_side_binding(conn):
             sql, two_statements = "SET LOCAL synchronous_commit TO OFF; " + sql, True
-    with fast_cursor(conn, single_statement=not two_statements, replan=replan) as cursor:
+    with fast_cursor(conn, single_statement=not two_statements,
+                     preparable=preparable) as cursor:
         cursor.execute(sql, params)
         if two_statements:
             cursor.nextset()

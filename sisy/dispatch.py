@@ -331,7 +331,7 @@ def _insert(run: Run, *, durable: bool, using: str = DEFAULT_DB_ALIAS) -> Run:
                   run.scheduled_for, run.not_before, run.enqueued_at, run.sent_at, run.exclusive]
     else:
         values = [f.get_db_prep_save(getattr(run, f.attname), conn) for f in fields]
-    (run.pk,), _ = execute_write(conn, sql, values, durable=durable)
+    (run.pk,), _ = execute_write(conn, sql, values, durable=durable, preparable=True)
     run._state.adding, run._state.db = False, using
     return run
 

@@ -108,9 +108,33 @@ def _claim_sql(where: str, params: list, worker: str, now: datetime,
     sql = (f"UPDATE {table} SET status = %s, started_at = %s, worker = %s "
            f"WHERE {where} RETURNING {returning}")
     conn = connections[using]
-    with fast_cursor(conn, replan=True) as cursor:
+    with fast_cursor(conn) as cursor:
         cursor.execute(sql, [Status.RUNNING, now, worker, *params])
         return _from_rows(cursor.fetchall(), using)
+
+
+def _savepoint():
+    """Inside a caller's transaction, a savepoint keeps a lost overlap race recoverable;
+    in autocommit (a worker) a single claim ``UPDATE`` is atomic by itself."""
+    return transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext()
+
+
+def _skip_locked() -> str:
+    """Lock the rows a claim chose, passing over those another worker is claiming."""
+    return " FOR UPDATE SKIP LOCKED" if connection.features.has_select_for_update_skip_locked \
+        else ""
+
+
+def _waiting_sql(channels: list[str], now: datetime, limit: int, *,
+                 besides: int | None = None) -> tuple[str, list]:
+    """The ids of up to ``limit`` due queued runs on ``channels`` that allow overlap,
+    oldest first, locked (skipping those another worker is claiming); and its params."""
+    marks = ", ".join(["%s"] * len(channels))
+    other = "" if besides is None else " AND id <> %s"
+    sql = (f"SELECT id FROM {Run._meta.db_table} WHERE status = %s AND not_before <= %s "
+           f"AND channel IN ({marks}) AND NOT exclusive{other} ORDER BY not_before, id "
+           f"LIMIT %s{_skip_locked()}")
+    return sql, [Status.QUEUED, now, *channels, *([] if besides is None else [besides]), limit]
 
 
 def claim(run_id: int, worker: str, *, name: str | None = None,
@@ -127,11 +151,8 @@ def claim(run_id: int, worker: str, *, name: str | None = None,
     if name is not None:
         where += " AND task_name = %s"
         params.append(name)
-    # Inside a caller's transaction, a savepoint keeps a lost overlap race recoverable;
-    # in autocommit (a worker) the single UPDATE is atomic by itself.
-    guard = transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext()
     try:
-        with guard:
+        with _savepoint():
             runs = _claim_sql(where, params, worker, now)
     except IntegrityError:
         _skip_overlap(run_id, now)
@@ -147,14 +168,8 @@ def claim_batch(channels: list[str], worker: str, *, now: datetime | None = None
     claims them one at a time under the ``sisy_run_no_overlap`` index.
     """
     now = now or timezone.now()
-    table = Run._meta.db_table
-    marks = ", ".join(["%s"] * len(channels))
-    skip_locked = connection.features.has_select_for_update_skip_locked
-    lock = " FOR UPDATE SKIP LOCKED" if skip_locked else ""
-    where = (f"id IN (SELECT id FROM {table} WHERE status = %s AND not_before <= %s "
-             f"AND channel IN ({marks}) AND NOT exclusive ORDER BY not_before, id "
-             f"LIMIT %s{lock})")
-    runs = _claim_sql(where, [Status.QUEUED, now, *channels, limit], worker, now)
+    waiting, params = _waiting_sql(channels, now, limit)
+    runs = _claim_sql(f"id IN ({waiting})", params, worker, now)
     # RETURNING keeps no order: run them oldest first, as they were chosen.
     return sorted(runs, key=lambda run: (run.not_before, run.pk))
 
@@ -172,19 +187,14 @@ def claim_wakeup(run_id: int, name: str, channels: list[str], worker: str, *,
     it with :func:`claim`, which records that.
     """
     now = now or timezone.now()
-    table = Run._meta.db_table
-    marks = ", ".join(["%s"] * len(channels))
-    lock = " FOR UPDATE SKIP LOCKED" if connection.features.has_select_for_update_skip_locked \
-        else ""
-    where = (f"id IN (SELECT id FROM (SELECT id FROM {table} WHERE id = %s AND status = %s "
-             f"AND not_before <= %s AND task_name = %s{lock}) AS named UNION ALL "
-             f"SELECT id FROM (SELECT id FROM {table} WHERE status = %s AND not_before <= %s "
-             f"AND channel IN ({marks}) AND NOT exclusive AND id <> %s "
-             f"ORDER BY not_before, id LIMIT %s{lock}) AS waiting)")
-    params = [run_id, Status.QUEUED, now, name, Status.QUEUED, now, *channels, run_id, more]
-    guard = transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext()
+    named = (f"SELECT id FROM {Run._meta.db_table} WHERE id = %s AND status = %s "
+             f"AND not_before <= %s AND task_name = %s{_skip_locked()}")
+    waiting, waiting_params = _waiting_sql(channels, now, more, besides=run_id)
+    where = (f"id IN (SELECT id FROM ({named}) AS named "
+             f"UNION ALL SELECT id FROM ({waiting}) AS waiting)")
+    params = [run_id, Status.QUEUED, now, name, *waiting_params]
     try:
-        with guard:
+        with _savepoint():
             runs = _claim_sql(where, params, worker, now)
     except IntegrityError:
         return None
@@ -207,7 +217,7 @@ def claim_exclusive(channels: list[str], worker: str, *,
     marks = ", ".join(["%s"] * len(channels))
     sql = (f"SELECT id FROM {Run._meta.db_table} WHERE status = %s AND exclusive "
            f"AND not_before <= %s AND channel IN ({marks}) ORDER BY not_before, id LIMIT 5")
-    with fast_cursor(connection, replan=True) as cursor:
+    with fast_cursor(connection) as cursor:
         cursor.execute(sql, [Status.QUEUED, now, *channels])
         candidates = [row[0] for row in cursor.fetchall()]
     for candidate in candidates:
@@ -338,8 +348,7 @@ def _store_outcome(run: Run, *, durable: bool, using: str = DEFAULT_DB_ALIAS) ->
                   for name in _OUTCOME_FIELDS]
     sql, async_sql = _outcome_sql()
     params = [*values, run.pk, Status.RUNNING, run.worker]
-    _, count = execute_write(conn, sql, params, durable=durable, async_sql=async_sql,
-                             replan=True)
+    _, count = execute_write(conn, sql, params, durable=durable, async_sql=async_sql)
     return count
 
 
@@ -412,7 +421,7 @@ def store_outcomes(runs: list[Run]) -> set[int]:
         sql = _outcomes_sql(len(chunk), durable=durable)
 
         def write(sql=sql, params=params):
-            with fast_cursor(conn, replan=True) as cursor:
+            with fast_cursor(conn) as cursor:
                 cursor.execute(sql, params)
                 return {row[0] for row in cursor.fetchall()}
 
