@@ -32,9 +32,10 @@ def client():
     return _client
 
 
-def record(i: int, key: str = RUNS) -> None:
-    """Called by a task body: note that run ``i`` started now."""
-    client().rpush(key, f"{i} {time.time():.6f}")
+def record(i: int, key: str = RUNS, extra: float | None = None) -> None:
+    """Called by a task body: note that run ``i`` started now (and ``extra``, a time)."""
+    tail = "" if extra is None else f" {extra:.6f}"
+    client().rpush(key, f"{i} {time.time():.6f}{tail}")
 
 
 def record_tick(slot: float, started: float | None = None) -> None:
@@ -67,7 +68,7 @@ def wait_count(expected: int, timeout: float, key: str = RUNS) -> bool:
     return False
 
 
-def pop(timeout: float, key: str = RUNS) -> tuple[float, float] | None:
+def pop(timeout: float, key: str = RUNS) -> tuple[float, ...] | None:
     """Block until a mark arrives (``BLPOP``), or ``None`` after ``timeout`` seconds."""
     item = client().blpop([key], timeout=timeout)
     return None if item is None else tuple(map(float, item[1].split()))

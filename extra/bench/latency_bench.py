@@ -1,0 +1,82 @@
+"""Where a lone run's enqueue → body-start time goes, on PostgreSQL + Redis.
+
+    python -m extra.bench.latency_bench [--runs 200]
+
+Starts one ``sisy_worker`` and runs ``--runs`` no-op tasks one after another
+(10 ms apart, as W2 does), each timed in three legs: the ``.delay()`` call
+(validation and the durable ``INSERT``); from its return to the worker's
+start of execution (the wake-up through Redis, the worker's receive and its
+durable claim ``UPDATE``); and from there to the body. Beside them, in the
+same script: ``claim()`` of a queued run back to back, and a bare ``UPDATE``
+by primary key from psycopg, autocommit. Prints medians and p95s in ms.
+Uses the side-by-side benchmark's database and Redis prefix (see
+``systems.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from extra.bench import common, marks, systems, workloads
+
+
+def _row(name: str, values: list[float]) -> tuple[str, str, str]:
+    return (name, f"{common.median(values) * 1000:.2f}",
+            f"{common.percentile(values, 0.95) * 1000:.2f}")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=200, help="sequential runs")
+    args = parser.parse_args(argv)
+    system = systems.Sisy()
+    system.setup()
+    try:
+        from django.db import connection
+
+        from extra.bench.benchapp.tasks import trace
+        from sisy.execution import claim
+
+        legs: dict[str, list[float]] = {"the .delay() call": [], "return → execution starts": [],
+                                        "execution starts → body": [], "whole: before → body": []}
+        with workloads.start_workers(system, 1, 2.0) as processes:
+            system.before_batch()
+            marks.reset()
+            for i in range(args.runs):
+                began = time.time()
+                trace.delay(i)
+                returned = time.time()
+                mark = marks.pop(30.0)
+                if mark is None:
+                    processes.check()
+                    raise RuntimeError(f"run {i} did not start in 30 s")
+                _, body, executing = mark
+                for name, value in zip(legs, (returned - began, executing - returned,
+                                              body - executing, body - began), strict=True):
+                    legs[name].append(value)
+                time.sleep(0.01)
+        rows = [_row(name, values) for name, values in legs.items()]
+
+        system.before_batch()
+        system._sender.send = lambda *args, **kwargs: None  # no worker: no wake-ups
+        runs = [trace.delay(i) for i in range(2 * args.runs)]
+        claims, updates = [], []
+        for run in runs[:args.runs]:
+            began = time.perf_counter()
+            claim(run.pk, "latency-bench", name=run.task_name)
+            claims.append(time.perf_counter() - began)
+        raw = connection.connection
+        for run in runs[args.runs:]:
+            began = time.perf_counter()
+            raw.execute("UPDATE sisy_run SET status = 'running' WHERE id = %s", (run.pk,))
+            updates.append(time.perf_counter() - began)
+        rows += [_row("claim(), back to back", claims),
+                 _row("bare UPDATE by id, autocommit", updates)]
+    finally:
+        system.teardown()
+    print(common.table(("leg", "p50 ms", "p95 ms"), rows))
+
+
+if __name__ == "__main__":
+    main()
