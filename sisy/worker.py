@@ -19,7 +19,7 @@ import socket
 import threading
 import time
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from channels.layers import InMemoryChannelLayer, channel_layers, get_channel_layer
 from django.db import DatabaseError, connection
@@ -53,6 +53,12 @@ MAX_BACKOFF = 5.0
 CLAIM_AHEAD = 0.05
 #: Weight of the newest run in the running mean of how long a run takes.
 DURATION_WEIGHT = 0.2
+#: After a wake-up's run, a worker looks at the table for more when that run
+#: waited this long (seconds) after it was due -- the worker is behind -- ...
+BACKLOG_AGE = 0.02
+#: ... or when it has not looked for this long (seconds): a lost wake-up's run is
+#: found within that while other wake-ups keep coming (POLL_INTERVAL when none do).
+DRAIN_EVERY = 0.1
 
 
 def worker_name(prefix: str = "") -> str:
@@ -165,6 +171,8 @@ class Worker:
         self.seconds_per_run: float | None = None
         #: Whether the last wake-up's run had been taken by another worker.
         self.contended = False
+        #: ``time.monotonic()`` of the last :meth:`drain` (-inf: never).
+        self.last_drain = float("-inf")
         #: Runs this process has claimed and not yet finished (all threads), and the
         #: lock that makes "claim, then remember" one step for the audit below.
         self._held: set[int] = set()
@@ -256,10 +264,11 @@ class Worker:
         """Handle a wake-up: (whether the named run ran, whether a drain should follow).
 
         The named run is claimed alone, which is the quickest way to start it,
-        and the table is drained after it. But when the last wake-up's run
-        had been taken by another worker (whose batches are then taking the
-        runs that these wake-ups name) and this worker knows its runs are
-        short (:meth:`claim_limit` above one), the named run and a batch of
+        and the table is drained after it when :meth:`drain_due` says so. But
+        when the last wake-up's run had been taken by another worker (whose
+        batches are then taking the runs that these wake-ups name) and this
+        worker knows its runs are short (:meth:`claim_limit` above one), the
+        named run and a batch of
         other waiting runs are claimed in one statement
         (:func:`~sisy.execution.claim_wakeup`): the wake-up still finds work,
         and the table is drained only when that batch came back full.
@@ -301,7 +310,26 @@ class Worker:
                 self._held.discard(run_id)
                 return False, False
         self._run_claimed(claimed[0], prepared)
-        return True, True
+        return True, bool(early) or self.drain_due(claimed[0], claim_time, time.monotonic())
+
+    def drain_due(self, run, claimed_at: datetime, monotonic_now: float) -> bool:
+        """Whether to :meth:`drain` after running ``run``, claimed at ``claimed_at``
+        for a wake-up.
+
+        A worker that keeps up finds each run through its own wake-up, and a
+        look at the table after it finds nothing: two statements per run that
+        take CPU from the producer and the database (a fifth of end-to-end
+        throughput on two cores, see "Performance" in the docs). So the worker
+        looks only when the run waited more than :data:`BACKLOG_AGE` after it
+        was due -- a backlog, which the drain claims in batches -- or when
+        it has not looked for :data:`DRAIN_EVERY` seconds. Clocks of
+        different hosts only shift when that happens: a producer's clock
+        ahead of the worker's means fewer drains, behind it more; the poll
+        every ``POLL_INTERVAL`` stays.
+        """
+        if monotonic_now - self.last_drain >= DRAIN_EVERY:
+            return True
+        return (claimed_at - run.not_before).total_seconds() >= BACKLOG_AGE
 
     def _run_all(self, runs: list) -> int:
         """Run claimed runs in order; put back those not started when asked to stop."""
@@ -326,6 +354,7 @@ class Worker:
         run directly.
         """
         done = 0
+        self.last_drain = time.monotonic()
         self._tidy_connections()
         while not self.stop_event.is_set():
             runs = self._claim(claim_exclusive, self.channels, self.name) if exclusive else []

@@ -220,6 +220,38 @@ def test_after_a_wakeup_lost_to_another_worker_a_wakeup_also_claims_waiting_runs
     assert not any("AS named" in q["sql"] for q in queries.captured_queries)
 
 
+def test_after_a_wakeup_the_worker_drains_only_when_behind_or_after_a_while():
+    from sisy.worker import BACKLOG_AGE, DRAIN_EVERY
+
+    worker = Worker(name="w", manage_connections=False, background_outcomes=False)
+    first = tasks.mark.delay("first")
+    # Never looked at the table yet: a drain follows the first wake-up.
+    assert worker._handle({"type": "sisy.run", "run": first.pk, "name": "exec.mark"}) == (
+        True, True)
+    worker.drain()
+    # Just drained, and this run was claimed as soon as it was due: no drain.
+    fresh = tasks.mark.delay("fresh")
+    with CaptureQueriesContext(connection) as queries:
+        assert worker._handle({"type": "sisy.run", "run": fresh.pk, "name": "exec.mark"}) == (
+            True, False)
+    assert len([q for q in queries.captured_queries if "UPDATE" in q["sql"]]) == 2  # claim, outcome
+    # A run due a while ago: the worker is behind, so it drains (a lost wake-up's run waits).
+    lost, late = tasks.mark.delay("lost"), tasks.mark.delay("late")
+    Run.objects.filter(pk=late.pk).update(not_before=timezone.now() - timedelta(seconds=1))
+    assert worker._handle({"type": "sisy.run", "run": late.pk, "name": "exec.mark"}) == (
+        True, True)
+    assert worker.drain() == 1 and Run.objects.get(pk=lost.pk).status == "succeeded"
+    # drain_due() itself, with the times given.
+    now = timezone.now()
+    run = Run(not_before=now)
+    worker.last_drain = 0.0
+    assert worker.drain_due(run, now, DRAIN_EVERY / 2) is False
+    assert worker.drain_due(run, now + timedelta(seconds=BACKLOG_AGE), 0.0) is True
+    assert worker.drain_due(run, now, DRAIN_EVERY) is True
+    # A producer whose clock runs ahead of the worker's: a negative wait, no drain.
+    assert worker.drain_due(run, now - timedelta(seconds=5), 0.0) is False
+
+
 # -- executing ------------------------------------------------------------------------------
 
 def test_success_records_result_timing_and_worker():
