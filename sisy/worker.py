@@ -268,10 +268,10 @@ class Worker:
         when the last wake-up's run had been taken by another worker (whose
         batches are then taking the runs that these wake-ups name) and this
         worker knows its runs are short (:meth:`claim_limit` above one), the
-        named run and a batch of
-        other waiting runs are claimed in one statement
-        (:func:`~sisy.execution.claim_wakeup`): the wake-up still finds work,
-        and the table is drained only when that batch came back full.
+        named run and a batch of other waiting runs are claimed in one
+        statement (:func:`~sisy.execution.claim_wakeup`): the wake-up still
+        finds work, and the table is drained only when that batch came back
+        full.
         """
         parsed = parse_message(message)
         if parsed is None:
