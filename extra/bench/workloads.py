@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 
 from extra.bench import common, marks
+from extra.bench.cpu import CpuMeter
 from extra.bench.procs import Processes
 
 STARTUP_TIMEOUT = 90.0
@@ -42,15 +43,20 @@ def start_workers(system, count: int, idle: float) -> Processes:
     return processes
 
 
-def throughput(system, processes: Processes, count: int) -> tuple[float, float]:
-    """W1/W6: enqueue ``count`` runs from sync code; (enqueue /s, end to end /s).
+def throughput(system, processes: Processes, count: int) -> tuple[float, float, dict]:
+    """W1/W6: enqueue ``count`` runs from sync code; (enqueue /s, end to end /s, CPU).
 
     End to end is from the first enqueue to the last body start, or to the last
     durable finish where the system records one (Sisy's ``Run.finished_at``).
+    CPU is µs per run of the whole machine and of its database and Redis
+    servers, from the first enqueue until the harness has seen every run done
+    (see ``cpu.py``).
     """
     system.before_batch()
     marks.reset()
     timeout = max(120.0, count / 20)
+    meter = CpuMeter()
+    meter.start()
     began = time.time()
     for i in range(count):
         system.enqueue(i)
@@ -64,8 +70,9 @@ def throughput(system, processes: Processes, count: int) -> tuple[float, float]:
                                f"in {timeout:.0f} s")
     last = max(started for _, started in marks.read())
     finished = system.finished_at(count, timeout)
+    cpu = meter.per_run(count)
     last = max(last, finished or 0.0)
-    return count / (enqueued - began), count / (last - began)
+    return count / (enqueued - began), count / (last - began), cpu
 
 
 def latency(system, processes: Processes, count: int) -> list[float]:
@@ -125,6 +132,8 @@ def measure(system, options) -> dict:
             runs = [throughput(system, processes, options.tasks) for _ in range(options.repeat)]
             result["enqueue"] = common.median([r[0] for r in runs])
             result["e2e"] = common.median([r[1] for r in runs])
+            for field in runs[0][2]:
+                result[field] = common.median([r[2][field] for r in runs])
             lat = latency(system, processes, options.latency)
             result["p50"] = common.median(lat) * 1000
             result["p95"] = common.percentile(lat, 0.95) * 1000
