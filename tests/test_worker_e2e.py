@@ -208,12 +208,15 @@ def test_concurrency_runs_several_runs_at_once_on_two_channels(procs):
     # in three pairs (about 1.5 s from the first start to the last end). A thread that
     # claimed the rest in one batch would run four of them one after the other (2.5 s, the
     # last start 2 s after the first). Whether a pair starts just before or just after the
-    # previous pair ends is noise, so the test bounds the spans, not the overlaps.
+    # previous pair ends is noise, so the test bounds the spans, not the overlaps. The two
+    # threads of "sisy.other" have no wake-ups, but their poll (every second) looks at the
+    # table for both channels: when it falls inside the batch, it takes a run too, and three
+    # or four run at once (seen: [1, 2, 2, 2, 3, 3] and [1, 2, 2, 2, 3, 4]).
     at_once = [sum(1 for s, f in spans if s <= start < f) for start, _ in spans]
     last_start = (spans[-1][0] - spans[0][0]).total_seconds()
     makespan = (max(f for _, f in spans) - spans[0][0]).total_seconds()
     print(f"\nsix half-second runs: {at_once} at once; last start after {last_start:.2f} s, "
           f"all done after {makespan:.2f} s")
-    assert max(at_once) == 2, at_once
+    assert 2 <= max(at_once) <= 4, at_once  # two threads per channel
     assert last_start < 1.5
     assert makespan < 2.0
