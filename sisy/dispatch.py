@@ -31,6 +31,7 @@ from channels.layers import InMemoryChannelLayer, get_channel_layer
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
 from django.db.models.base import ModelState
 from django.utils import timezone
+from redis.exceptions import ResponseError
 
 from sisy.conf import get_settings
 from sisy.connections import execute_write
@@ -201,22 +202,37 @@ def _batchable(layer, channel: str) -> bool:
                                                 "deserialize", "connection")))
 
 
-async def pop_wakeup(layer, channel: str, timeout: float):
-    """Take the next message of a channels-redis channel: one ``BZPOPMIN``; None on timeout.
+#: Whether the Redis server answers ``BZMPOP`` (Redis 7+); False after it refused once.
+_bzmpop = True
 
+
+async def pop_wakeups(layer, channel: str, timeout: float, count: int = 1) -> list:
+    """Take up to ``count`` messages of a channels-redis channel in one round trip.
+
+    Waits up to ``timeout`` seconds for the first; returns ``[]`` if none came.
     ``layer.receive`` makes four round trips per message (a clean-up script,
     the pop, a backup copy before it returns, and removing that copy) so that
     a receiver cancelled half-way loses nothing. A lost wake-up only delays a
-    run until a worker polls the table, so a Sisy worker pops the message and
-    is done. Messages are read the way ``layer.receive`` reads them (the
-    lowest score first, the layer's own deserialisation).
+    run until a worker polls the table, so a Sisy worker pops and is done: one
+    ``BZPOPMIN``, or for several one ``BZMPOP`` (Redis 7; on Redis 6 a worker
+    pops one at a time). Messages are read the way ``layer.receive`` reads
+    them (the lowest score first, the layer's own deserialisation).
     """
+    global _bzmpop
     connection = layer.connection(random.randrange(layer.ring_size))
-    result = await connection.bzpopmin(layer.prefix + channel, timeout=max(0.01, timeout))
-    if result is None:
-        return None
-    _, member, _ = result
-    return layer.deserialize(member)
+    key, timeout = layer.prefix + channel, max(0.01, timeout)
+    if count > 1 and _bzmpop:
+        try:
+            result = await connection.bzmpop(timeout, 1, [key], min=True, count=count)
+        except ResponseError as exc:
+            if "unknown command" not in str(exc).lower():
+                raise
+            _bzmpop = False
+        else:
+            return [] if result is None else [layer.deserialize(member)
+                                              for member, _ in result[1]]
+    result = await connection.bzpopmin(key, timeout=timeout)
+    return [] if result is None else [layer.deserialize(result[1])]
 
 
 async def _zadd_many(layer, channel: str, messages: list[dict]) -> None:

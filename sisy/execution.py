@@ -126,15 +126,16 @@ def _skip_locked() -> str:
 
 
 def _waiting_sql(channels: list[str], now: datetime, limit: int, *,
-                 besides: int | None = None) -> tuple[str, list]:
-    """The ids of up to ``limit`` due queued runs on ``channels`` that allow overlap,
-    oldest first, locked (skipping those another worker is claiming); and its params."""
+                 besides: list[int] = ()) -> tuple[str, list]:
+    """The ids of up to ``limit`` due queued runs on ``channels`` that allow overlap
+    (other than ``besides``), oldest first, locked (skipping those another worker is
+    claiming); and its params."""
     marks = ", ".join(["%s"] * len(channels))
-    other = "" if besides is None else " AND id <> %s"
+    other = f" AND id NOT IN ({', '.join(['%s'] * len(besides))})" if besides else ""
     sql = (f"SELECT id FROM {Run._meta.db_table} WHERE status = %s AND not_before <= %s "
            f"AND channel IN ({marks}) AND NOT exclusive{other} ORDER BY not_before, id "
            f"LIMIT %s{_skip_locked()}")
-    return sql, [Status.QUEUED, now, *channels, *([] if besides is None else [besides]), limit]
+    return sql, [Status.QUEUED, now, *channels, *besides, limit]
 
 
 def claim(run_id: int, worker: str, *, name: str | None = None,
@@ -186,19 +187,36 @@ def claim_wakeup(run_id: int, name: str, channels: list[str], worker: str, *,
     named run may not start now (another run of its task is running); claim
     it with :func:`claim`, which records that.
     """
+    return claim_wakeups([(run_id, name)], channels, worker, now=now, more=more)
+
+
+def claim_wakeups(named: list[tuple[int, str]], channels: list[str], worker: str, *,
+                  now: datetime | None = None, more: int = 0) -> list[Run] | None:
+    """:func:`claim_wakeup` for several wake-ups: the runs ``named`` as ``(id, task
+    name)`` pairs, in that order, then up to ``more`` other due runs, in one statement.
+
+    ``None`` means one of the named runs may not start now (another run of its
+    task is running) and nothing was claimed: claim them one by one with
+    :func:`claim`, which records that.
+    """
     now = now or timezone.now()
-    named = (f"SELECT id FROM {Run._meta.db_table} WHERE id = %s AND status = %s "
-             f"AND not_before <= %s AND task_name = %s{_skip_locked()}")
-    waiting, waiting_params = _waiting_sql(channels, now, more, besides=run_id)
-    where = (f"id IN (SELECT id FROM ({named}) AS named "
-             f"UNION ALL SELECT id FROM ({waiting}) AS waiting)")
-    params = [run_id, Status.QUEUED, now, name, *waiting_params]
+    pairs = " OR ".join(["(id = %s AND task_name = %s)"] * len(named))
+    named_sql = (f"SELECT id FROM {Run._meta.db_table} WHERE status = %s AND not_before <= %s "
+                 f"AND ({pairs}){_skip_locked()}")
+    ids = [run_id for run_id, _ in named]
+    params = [Status.QUEUED, now, *(value for pair in named for value in pair)]
+    where = f"id IN (SELECT id FROM ({named_sql}) AS named"
+    if more > 0:
+        waiting, waiting_params = _waiting_sql(channels, now, more, besides=ids)
+        where += f" UNION ALL SELECT id FROM ({waiting}) AS waiting"
+        params += waiting_params
     try:
         with _savepoint():
-            runs = _claim_sql(where, params, worker, now)
+            runs = _claim_sql(where + ")", params, worker, now)
     except IntegrityError:
         return None
-    return sorted(runs, key=lambda run: (run.pk != run_id, run.not_before, run.pk))
+    order = {run_id: index for index, run_id in enumerate(ids)}
+    return sorted(runs, key=lambda run: (order.get(run.pk, len(ids)), run.not_before, run.pk))
 
 
 def claim_next(channels: list[str], worker: str, *, now: datetime | None = None) -> Run | None:

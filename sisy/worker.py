@@ -1,7 +1,8 @@
-"""The Sisy worker: takes one wake-up at a time and runs what it can claim.
+"""The Sisy worker: takes wake-ups and runs what it can claim.
 
-Unlike ``channels.worker.Worker`` it never buffers messages (waiting ones
-stay in Redis for other workers), survives malformed messages and receive
+Unlike ``channels.worker.Worker`` it takes only as many waiting messages as
+it expects to finish within ``CLAIM_AHEAD`` (the others stay in Redis for
+other workers), survives malformed messages and receive
 errors, finishes the current run on SIGTERM/SIGINT, and keeps a heartbeat
 row so the scheduler can tell a lost worker from a long run. With the
 in-memory layer (the embedded mode) it is woken in-process and polls the
@@ -33,6 +34,7 @@ from sisy.execution import (
     claim_batch,
     claim_exclusive,
     claim_wakeup,
+    claim_wakeups,
     execute,
     prepare,
     release,
@@ -312,6 +314,58 @@ class Worker:
         self._run_claimed(claimed[0], prepared)
         return True, bool(early) or self.drain_due(claimed[0], claim_time, time.monotonic())
 
+    def _handle_many(self, messages: list) -> tuple[bool, bool]:
+        """Handle wake-ups popped together: (whether any named run ran, whether a drain
+        should follow).
+
+        The runs they name are claimed in one statement
+        (:func:`~sisy.execution.claim_wakeups`) and run in the order of the
+        wake-ups; after wake-ups lost to another worker, with a batch of other
+        waiting runs, as :meth:`_handle` does for one. Malformed messages,
+        slots fired ahead (``at``) and, when a named run may not start now,
+        every message go through :meth:`_handle` one by one.
+        """
+        if len(messages) == 1:
+            return self._handle(messages[0])
+        named, single = {}, []
+        for message in messages:
+            parsed = parse_message(message)
+            if parsed is None or start_at(message) is not None:
+                single.append(message)
+            else:
+                named[parsed[0]] = (parsed, message)
+        ran = drain = False
+        for message in single:
+            if self.stop_event.is_set():
+                return ran, False  # what is left stays queued for the next worker
+            one_ran, one_drain = self._handle(message)
+            ran, drain = ran or one_ran, drain or one_drain
+        if not named or self.stop_event.is_set():
+            return ran, drain
+        if len(named) == 1:
+            one_ran, one_drain = self._handle(next(iter(named.values()))[1])
+            return ran or one_ran, drain or one_drain
+        self._tidy_connections()
+        more = max(0, self.claim_limit() - len(named)) if self.contended else 0
+        claimed_at = timezone.now()
+        with self._claims_lock:
+            batch = claim_wakeups([parsed for parsed, _ in named.values()], self.channels,
+                                  self.name, now=claimed_at, more=more)
+            self._held.update(run.pk for run in batch or ())
+        if batch is None:  # a named run may not start now: claim() records which
+            for _, message in named.values():
+                one_ran, one_drain = self._handle(message)
+                ran, drain = ran or one_ran, drain or one_drain
+            return ran, drain
+        found = [run for run in batch if run.pk in named]
+        self.contended = len(found) < len(named)
+        self._run_all(batch)
+        if more and len(batch) - len(found) >= more:
+            drain = True  # a full batch: the table may hold more
+        elif found:
+            drain = drain or self.drain_due(found[0], claimed_at, time.monotonic())
+        return ran or bool(found), drain
+
     def drain_due(self, run, claimed_at: datetime, monotonic_now: float) -> bool:
         """Whether to :meth:`drain` after running ``run``, claimed at ``claimed_at``
         for a wake-up.
@@ -397,8 +451,10 @@ class Worker:
                     self._guarded(self.drain)
                     next_poll = time.monotonic() + self.poll_interval
                 try:
-                    message = loop.run_until_complete(
-                        self._receive(layer, channel, next_poll - time.monotonic()))
+                    # As many wake-ups at once as runs this worker expects to finish
+                    # within CLAIM_AHEAD: the others stay in Redis for other workers.
+                    messages = loop.run_until_complete(self._receive(
+                        layer, channel, next_poll - time.monotonic(), self.claim_limit()))
                 except TimeoutError:
                     continue
                 except Exception as exc:  # a bad message or a lost Redis must not kill us
@@ -412,8 +468,9 @@ class Worker:
                 # wake-up of a run taken already (by this worker's drain or another
                 # worker) means the taker is draining; runs queued since have wake-ups
                 # of their own, and the poll above finds any that were lost.
-                if not self._ran_lately(message):
-                    handled = self._guarded(self._handle, message)
+                messages = [m for m in messages if not self._ran_lately(m)]
+                if messages:
+                    handled = self._guarded(self._handle_many, messages)
                     if handled and handled[1]:
                         self._guarded(self.drain, exclusive=False)
         finally:
@@ -421,16 +478,17 @@ class Worker:
             connection.close()
 
     @staticmethod
-    async def _receive(layer, channel: str, timeout: float):
-        """The next message on ``channel``; ``TimeoutError`` after ``timeout`` seconds."""
+    async def _receive(layer, channel: str, timeout: float, count: int = 1) -> list:
+        """Up to ``count`` messages on ``channel`` (at least one); ``TimeoutError`` after
+        ``timeout`` seconds without any."""
         timeout = max(0.01, timeout)
         if dispatch._batchable(layer, channel):
             # At most MAX_BLOCK per pop: well under any socket_timeout (sisy.W002).
-            message = await dispatch.pop_wakeup(layer, channel, min(timeout, MAX_BLOCK))
-            if message is None:
+            messages = await dispatch.pop_wakeups(layer, channel, min(timeout, MAX_BLOCK), count)
+            if not messages:
                 raise TimeoutError
-            return message
-        return await asyncio.wait_for(layer.receive(channel), timeout)
+            return messages
+        return [await asyncio.wait_for(layer.receive(channel), timeout)]
 
     def _ran_lately(self, message: object) -> bool:
         parsed = parse_message(message)

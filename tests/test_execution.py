@@ -529,32 +529,137 @@ def test_batched_wake_ups_are_ordinary_channels_redis_messages_trimmed_to_capaci
 
 
 @pytest.mark.redis
-def test_a_worker_pops_one_wake_up_per_round_trip_in_the_layers_order(settings):
-    """Sisy's own pop reads what layer.send wrote, lowest score first, and nothing else."""
+@pytest.mark.parametrize("bzmpop", [True, False], ids=["redis7", "redis6-fallback"])
+def test_a_worker_pops_wake_ups_in_the_layers_order_up_to_its_count(settings, monkeypatch,
+                                                                    bzmpop):
+    """Sisy's own pop reads what layer.send wrote, lowest score first, and nothing else:
+    up to ``count`` in one round trip (BZMPOP), or one at a time where the server has none."""
     import asyncio
 
+    from sisy import dispatch
     from sisy.worker import Worker
 
+    monkeypatch.setattr(dispatch, "_bzmpop", bzmpop)
     layer = _redis_layer(settings, prefix="sisy-pop-test")
 
     async def scenario():
         await layer.flush()
-        for i in (1, 2, 3):
+        for i in range(1, 7):
             await layer.send("sisy.pop", {"type": "sisy.run", "run": i, "name": "x"})
-        got = [await Worker._receive(layer, "sisy.pop", 1.0) for _ in range(3)]
+        got = [await Worker._receive(layer, "sisy.pop", 1.0, count) for count in (1, 3, 5)]
+        rest = []
+        while sum(map(len, got)) + len(rest) < 6:
+            rest += await Worker._receive(layer, "sisy.pop", 1.0, 5)
         began = time.monotonic()
         with pytest.raises(TimeoutError):
-            await Worker._receive(layer, "sisy.pop", 0.2)
+            await Worker._receive(layer, "sisy.pop", 0.2, 5)
         waited = time.monotonic() - began
         # Nothing was left behind: no backup copies, no other keys.
         keys = await layer.connection(0).keys("sisy-pop-test*")
         await layer.flush()
-        return got, waited, keys
+        return got, rest, waited, keys
 
-    got, waited, keys = asyncio.run(scenario())
-    assert [m["run"] for m in got] == [1, 2, 3]
+    got, rest, waited, keys = asyncio.run(scenario())
+    if bzmpop:
+        assert [[m["run"] for m in batch] for batch in got] == [[1], [2, 3, 4], [5, 6]]
+    else:
+        assert [[m["run"] for m in batch] for batch in got] == [[1], [2], [3]]
+    assert [m["run"] for m in rest] == ([] if bzmpop else [4, 5, 6])
+    assert all(m == {"type": "sisy.run", "run": m["run"], "name": "x"}
+               for batch in [*got, rest] for m in batch)
     assert 0.15 < waited < 1.0
     assert keys == []
+
+
+@pytest.mark.redis
+def test_a_redis_without_bzmpop_is_remembered_and_the_worker_pops_one_at_a_time(settings,
+                                                                                monkeypatch):
+    """Redis 6 answers BZMPOP with "unknown command": the pop falls back to BZPOPMIN
+    for good; any other error reaches the caller."""
+    import asyncio
+
+    from redis.exceptions import ResponseError
+
+    from sisy import dispatch
+
+    monkeypatch.setattr(dispatch, "_bzmpop", True)
+    layer = _redis_layer(settings, prefix="sisy-pop6-test")
+    errors = iter(["ERR unknown command 'BZMPOP', with args beginning with: ",
+                   "WRONGTYPE Operation against a key holding the wrong kind of value"])
+
+    async def refusing_bzmpop(self, *args, **kwargs):
+        raise ResponseError(next(errors))
+
+    async def scenario():
+        monkeypatch.setattr(type(layer.connection(0)), "bzmpop", refusing_bzmpop)
+        await layer.flush()
+        for i in (1, 2):
+            await layer.send("sisy.pop6", {"type": "sisy.run", "run": i, "name": "x"})
+        first = await dispatch.pop_wakeups(layer, "sisy.pop6", 1.0, 5)
+        remembered = dispatch._bzmpop
+        second = await dispatch.pop_wakeups(layer, "sisy.pop6", 1.0, 5)  # no BZMPOP asked
+        dispatch._bzmpop = True
+        with pytest.raises(ResponseError, match="WRONGTYPE"):
+            await dispatch.pop_wakeups(layer, "sisy.pop6", 1.0, 5)
+        await layer.flush()
+        return first, remembered, second
+
+    first, remembered, second = asyncio.run(scenario())
+    assert ([m["run"] for m in first], remembered, [m["run"] for m in second]) == (
+        [1], False, [2])
+
+
+def test_wake_ups_popped_together_claim_their_runs_in_one_statement_in_their_order():
+    worker = Worker(name="w", manage_connections=False, background_outcomes=False)
+    worker.seconds_per_run, worker.last_drain = 0.0, time.monotonic()  # no drain is due
+    first, second, third, unnamed = (tasks.mark.delay(f"t{i}") for i in range(4))
+    messages = [{"type": "sisy.run", "run": run.pk, "name": "exec.mark"}
+                for run in (third, first, second)]
+    with CaptureQueriesContext(connection) as queries:
+        assert worker._handle_many(messages) == (True, False)
+    claims = [q["sql"] for q in queries.captured_queries if "AS named" in q["sql"]]
+    assert len(claims) == 1 and "AS waiting" not in claims[0]
+    assert list(Mark.objects.order_by("id").values_list("token", flat=True)) == ["t2", "t0", "t1"]
+    assert Run.objects.get(pk=unnamed.pk).status == "queued"  # not named, not contended
+    assert not worker.contended
+    # Garbage, a wrong name, a duplicate and runs another worker took: the garbage is
+    # refused, nothing is claimed by the wrong name, and the lost wake-ups make the
+    # worker contended (the next batch also takes waiting runs).
+    taken = tasks.mark.delay("taken")
+    Run.objects.filter(pk=taken.pk).update(status="running", worker="other")
+    garbage = [{"type": "sisy.run", "run": "1; DROP TABLE", "name": "x"}, ["garbage"]]
+    named = [{"type": "sisy.run", "run": unnamed.pk, "name": "os.system"},
+             {"type": "sisy.run", "run": taken.pk, "name": "exec.mark"},
+             {"type": "sisy.run", "run": taken.pk, "name": "exec.mark"}]
+    assert worker._handle_many(garbage + named) == (False, False)
+    assert Run.objects.get(pk=unnamed.pk).status == "queued"
+    assert Run.objects.get(pk=taken.pk).worker == "other"
+    assert worker.contended
+    later = [tasks.mark.delay(f"later-{i}") for i in range(3)]
+    messages = [{"type": "sisy.run", "run": run.pk, "name": "exec.mark"} for run in later[:2]]
+    assert worker._handle_many(messages) == (True, False)
+    # The named two first, then what waits (the one by the wrong name, and later[2]).
+    assert list(Mark.objects.order_by("id").values_list("token", flat=True))[3:] == [
+        "later-0", "later-1", "t3", "later-2"]
+    assert not worker.contended
+
+
+def test_wake_ups_popped_together_with_a_run_that_may_not_start_go_one_by_one():
+    worker = Worker(name="w", manage_connections=False, background_outcomes=False)
+    task = Task.objects.create(name="solo", schedule="* * * * *", allow_overlap=False)
+    now = timezone.now()
+    running, blocked = (Run.objects.create(task=task, task_name="exec.mark", args=[f"x{i}"],
+                                           channel="sisy.run_task", not_before=now,
+                                           scheduled_for=now + timedelta(seconds=i),
+                                           exclusive=True) for i in range(2))
+    Run.objects.filter(pk=running.pk).update(status="running", worker="other")
+    free = tasks.mark.delay("free")
+    messages = [{"type": "sisy.run", "run": run.pk, "name": "exec.mark"}
+                for run in (blocked, free)]
+    assert worker._handle_many(messages) == (True, True)  # the first wake-up: a drain follows
+    assert {r.pk: r.status for r in Run.objects.all()} == {
+        running.pk: "running", blocked.pk: "skipped", free.pk: "succeeded"}
+    assert list(Mark.objects.values_list("token", flat=True)) == ["free"]
 
 
 def test_a_worker_skips_the_drain_after_a_wake_up_of_a_run_it_already_ran():
