@@ -245,16 +245,15 @@ def claim_exclusive(channels: list[str], worker: str, *,
     return None
 
 
-def release(runs: list[Run], worker: str, *, log: bool = True) -> int:
-    """Put claimed runs that ``worker`` has not started back in the queue (a clean
-    stop, or the rest of a slow batch); ``log=False`` leaves the log line out."""
+def release(runs: list[Run], worker: str) -> int:
+    """Put claimed runs that ``worker`` has not started back in the queue (a clean stop)."""
     released = Run.objects.filter(
         pk__in=[run.pk for run in runs], status=Status.RUNNING, worker=worker
     ).update(status=Status.QUEUED, started_at=None, worker="")
     tasks = {run.task_id for run in runs if run.task_id is not None}
     if tasks:
         Task.objects.filter(pk__in=tasks).update(running=False)
-    if released and log:
+    if released:
         logger.info("Worker %s put %d claimed runs back in the queue.", worker, released)
     return released
 

@@ -53,9 +53,6 @@ MAX_BACKOFF = 5.0
 #: take long one at a time, so that the worker's other threads (and other
 #: workers) share a backlog instead of waiting while one thread holds it.
 CLAIM_AHEAD = 0.05
-#: A batch whose runs have taken this long (seconds) gives the runs it has not
-#: started back to the queue, with new wake-ups, for other workers and threads.
-GIVE_BACK_AFTER = 2 * CLAIM_AHEAD
 #: Weight of the newest run in the running mean of how long a run takes.
 DURATION_WEIGHT = 0.2
 #: After a wake-up's run, a worker looks at the table for more when that run
@@ -389,20 +386,11 @@ class Worker:
         return (claimed_at - run.not_before).total_seconds() >= BACKLOG_AGE
 
     def _run_all(self, runs: list) -> int:
-        """Run claimed runs in order; put back those not started when asked to stop,
-        or once the batch has taken :data:`GIVE_BACK_AFTER` seconds (and wake other
-        workers for them): a slow run does not hold short ones that others could run."""
-        began = time.monotonic()
+        """Run claimed runs in order; put back those not started when asked to stop."""
         for index, run in enumerate(runs):
-            stopping = self.stop_event.is_set()
-            if stopping or (index and time.monotonic() - began >= GIVE_BACK_AFTER):
-                rest = runs[index:]
-                release(rest, self.name, log=stopping)
-                self._held.difference_update(run.pk for run in rest)
-                if not stopping:
-                    logger.debug("Worker %s gave %d runs of a slow batch back.",
-                                 self.name, len(rest))
-                    dispatch.wake_many(rest, layer_alias=self.layer_alias)
+            if self.stop_event.is_set():
+                release(runs[index:], self.name)
+                self._held.difference_update(run.pk for run in runs[index:])
                 return index
             self._run_claimed(run)
         return len(runs)

@@ -19,7 +19,7 @@ from django.utils import timezone
 import sisy
 from sisy import signals
 from sisy.exceptions import InvalidArguments, RunCancelled, RunFailed, RunTimeout
-from sisy.execution import claim, claim_batch, claim_next, execute
+from sisy.execution import claim, claim_next, execute
 from sisy.models import Run, Task
 from sisy.worker import Worker
 from tests.testapp import tasks
@@ -705,49 +705,6 @@ def test_a_stopping_worker_puts_claimed_runs_it_has_not_started_back():
     statuses = [Run.objects.get(pk=r.pk).status for r in runs]
     assert statuses == ["succeeded", "queued", "queued", "queued", "queued"]
     assert set(Run.objects.filter(status="queued").values_list("worker", flat=True)) == {""}
-
-
-def test_a_batch_that_turns_out_slow_gives_the_runs_it_has_not_started_back(caplog):
-    """Short runs so far, so ten per claim; the first of this batch is slow: the rest go
-    back to the queue (unclaimed, with new wake-ups) for other workers and threads."""
-    import asyncio
-
-    from channels.layers import InMemoryChannelLayer, get_channel_layer
-
-    from sisy import dispatch
-    from sisy.worker import GIVE_BACK_AFTER
-
-    worker = Worker(name="w", manage_connections=False, background_outcomes=False)
-    worker.seconds_per_run = 0.0
-    slow = tasks.mark.delay("slow", sleep=GIVE_BACK_AFTER)
-    quick = [tasks.mark.delay(f"quick-{i}") for i in range(3)]
-    layer = get_channel_layer()
-    local = layer is None or isinstance(layer, InMemoryChannelLayer)
-    dispatch.sender.flush()
-    if not local:
-        asyncio.run(layer.flush())
-    generation = dispatch.local_wakeup.generation
-    with caplog.at_level("INFO", logger="sisy"):
-        assert worker.drain() == 1 + 3  # the slow one; then the three, claimed again
-    assert list(Mark.objects.order_by("id").values_list("token", flat=True)) == [
-        "slow", "quick-0", "quick-1", "quick-2"]
-    assert "put 3 claimed runs back" not in caplog.text  # not a stop: no log line
-    dispatch.sender.flush()
-    if local:
-        assert dispatch.local_wakeup.generation > generation
-    else:
-        popped = asyncio.run(Worker._receive(layer, "sisy.run_task", 1.0, 10))
-        assert sorted(m["run"] for m in popped) == [run.pk for run in quick]
-    # The give-back itself, seen from the table, without the drain that follows it.
-    worker.seconds_per_run = 0.0
-    slow = tasks.mark.delay("slow-2", sleep=GIVE_BACK_AFTER)
-    quick = [tasks.mark.delay(f"quick-2{i}") for i in range(2)]
-    runs = worker._claim(claim_batch, ["sisy.run_task"], "w", limit=10)
-    assert [r.pk for r in runs] == [slow.pk, *(r.pk for r in quick)]
-    assert worker._run_all(runs) == 1
-    assert [Run.objects.filter(pk=r.pk).values_list("status", "worker", "started_at")[0]
-            for r in quick] == [("queued", "", None)] * 2
-    assert worker._held == set()
 
 
 def test_after_a_database_error_a_worker_requeues_claims_it_never_heard_back_about():
