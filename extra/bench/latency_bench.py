@@ -7,8 +7,13 @@ Starts one ``sisy_worker`` and runs ``--runs`` no-op tasks one after another
 (validation and the durable ``INSERT``); from its return to the worker's
 start of execution (the wake-up through Redis, the worker's receive and its
 durable claim ``UPDATE``); and from there to the body. Beside them, in the
-same script: ``claim()`` of a queued run back to back, and a bare ``UPDATE``
-by primary key from psycopg, autocommit. Prints medians and p95s in ms.
+same script: ``claim()`` of a queued run back to back, a bare ``UPDATE``
+by primary key from psycopg, autocommit, and the floor of a run's path with
+Sisy's guarantees, timed like the whole: a durable prepared ``INSERT`` of
+the same row from bare psycopg, its id pushed to Redis (``LPUSH``), and a
+bare process that pops it (``BLPOP``), claims the row with a durable
+prepared ``UPDATE`` and leaves its mark -- no Django, no threads, nothing
+of Sisy's. Prints medians and p95s in ms.
 Uses the side-by-side benchmark's database and Redis prefix (see
 ``systems.py``).
 """
@@ -16,9 +21,69 @@ Uses the side-by-side benchmark's database and Redis prefix (see
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
-from extra.bench import common, marks, systems, workloads
+from extra.bench import common, marks, procs, systems, workloads
+
+#: The Redis list the floor's producer pushes run ids to (the marks' database).
+FLOOR_QUEUE = marks.PREFIX + "floor"
+WARM_UP = 20
+
+
+def _floor_connection():
+    import psycopg
+    from django.db import connection
+
+    settings = connection.settings_dict
+    return psycopg.connect(host=settings["HOST"], port=settings["PORT"], user=settings["USER"],
+                           dbname=settings["NAME"], autocommit=True)
+
+
+def floor_worker() -> None:
+    """The floor's worker: pop a run id, claim its row durably, leave a mark; -1 stops."""
+    common.setup_django("pg")
+    from sisy.models import Run
+
+    conn = _floor_connection()
+    sql = (f"UPDATE {Run._meta.db_table} SET status = 'running', started_at = now(), "
+           f"worker = 'floor' WHERE id = %s AND status = 'queued' RETURNING id")
+    while True:
+        _, run_id = marks.client().blpop([FLOOR_QUEUE])
+        if int(run_id) < 0:
+            return
+        conn.execute(sql, (int(run_id),), prepare=True).fetchone()
+        marks.record(int(run_id))
+
+
+def _floor(system, processes, runs: int) -> list[float]:
+    """The floor's producer: ``runs`` runs 10 ms apart (after 20 that wait for the
+    worker's start and warm it up), seconds from before the ``INSERT`` to the mark
+    left after the claim."""
+    from django.utils import timezone
+
+    from sisy import dispatch
+
+    _, sql = dispatch._insert_plan()
+    conn = _floor_connection()
+    processes.start([sys.executable, "-m", "extra.bench.latency_bench", "--floor-worker"],
+                    env=system.env())
+    system.before_batch()
+    marks.reset()
+    latencies = []
+    for _ in range(WARM_UP + runs):
+        began, now = time.time(), timezone.now()
+        run_id = conn.execute(sql, ("bench.noop", "[1]", "{}", "floor", now, now, now, now,
+                                    False), prepare=True).fetchone()[0]
+        marks.client().lpush(FLOOR_QUEUE, run_id)
+        mark = marks.pop(30.0)
+        if mark is None:
+            processes.check()
+            raise RuntimeError(f"floor: run {run_id} was not claimed in 30 s")
+        latencies.append(mark[1] - began)
+        time.sleep(0.01)
+    marks.client().lpush(FLOOR_QUEUE, -1)
+    return latencies[WARM_UP:]
 
 
 def _row(name: str, values: list[float]) -> tuple[str, str, str]:
@@ -29,7 +94,10 @@ def _row(name: str, values: list[float]) -> tuple[str, str, str]:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=200, help="sequential runs")
+    parser.add_argument("--floor-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.floor_worker:
+        return floor_worker()
     system = systems.Sisy()
     system.setup()
     try:
@@ -75,6 +143,9 @@ def main(argv=None) -> None:
             updates.append(time.perf_counter() - began)
         rows += [_row("claim(), back to back", claims),
                  _row("bare UPDATE by id, autocommit", updates)]
+        with procs.Processes("floor") as processes:
+            rows.append(_row("floor: bare INSERT → Redis → claim", _floor(system, processes,
+                                                                         args.runs)))
     finally:
         system.teardown()
     print(common.table(("leg", "p50 ms", "p95 ms"), rows))
