@@ -334,17 +334,12 @@ class Worker:
                 single.append(message)
             else:
                 named[parsed[0]] = (parsed, message)
-        ran = drain = False
-        for message in single:
-            if self.stop_event.is_set():
-                return ran, False  # what is left stays queued for the next worker
-            one_ran, one_drain = self._handle(message)
-            ran, drain = ran or one_ran, drain or one_drain
+        if len(named) == 1:
+            single += [message for _, message in named.values()]
+            named = {}
+        ran, drain = self._handle_each(single)
         if not named or self.stop_event.is_set():
             return ran, drain
-        if len(named) == 1:
-            one_ran, one_drain = self._handle(next(iter(named.values()))[1])
-            return ran or one_ran, drain or one_drain
         self._tidy_connections()
         more = max(0, self.claim_limit() - len(named)) if self.contended else 0
         claimed_at = timezone.now()
@@ -353,18 +348,27 @@ class Worker:
                                   self.name, now=claimed_at, more=more)
             self._held.update(run.pk for run in batch or ())
         if batch is None:  # a named run may not start now: claim() records which
-            for _, message in named.values():
-                one_ran, one_drain = self._handle(message)
-                ran, drain = ran or one_ran, drain or one_drain
-            return ran, drain
+            one_ran, one_drain = self._handle_each([message for _, message in named.values()])
+            return ran or one_ran, drain or one_drain
         found = [run for run in batch if run.pk in named]
         self.contended = len(found) < len(named)
-        self._run_all(batch)
+        done = self._run_all(batch)
         if more and len(batch) - len(found) >= more:
             drain = True  # a full batch: the table may hold more
         elif found:
             drain = drain or self.drain_due(found[0], claimed_at, time.monotonic())
-        return ran or bool(found), drain
+        return ran or any(run.pk in named for run in batch[:done]), drain
+
+    def _handle_each(self, messages: list) -> tuple[bool, bool]:
+        """:meth:`_handle` for each message until asked to stop; the popped
+        wake-ups left then only delay their runs until a worker polls the table."""
+        ran = drain = False
+        for message in messages:
+            if self.stop_event.is_set():
+                return ran, False
+            one_ran, one_drain = self._handle(message)
+            ran, drain = ran or one_ran, drain or one_drain
+        return ran, drain
 
     def drain_due(self, run, claimed_at: datetime, monotonic_now: float) -> bool:
         """Whether to :meth:`drain` after running ``run``, claimed at ``claimed_at``

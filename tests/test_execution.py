@@ -644,6 +644,18 @@ def test_wake_ups_popped_together_claim_their_runs_in_one_statement_in_their_ord
     assert not worker.contended
 
 
+def test_wake_ups_popped_by_a_stopping_worker_leave_their_runs_queued():
+    worker = Worker(name="w", manage_connections=False, background_outcomes=False)
+    runs = [tasks.mark.delay(f"s{i}") for i in range(3)]
+    messages = [{"type": "sisy.run", "run": run.pk, "name": "exec.mark"} for run in runs]
+    worker.stop_event.set()
+    with CaptureQueriesContext(connection) as queries:
+        assert worker._handle_many(messages[:1] + [{"at": 1.0, **messages[1]}, messages[2]]) == (
+            False, False)
+    assert not [q for q in queries.captured_queries if "UPDATE" in q["sql"]]
+    assert set(Run.objects.values_list("status", "worker")) == {("queued", "")}
+
+
 def test_wake_ups_popped_together_with_a_run_that_may_not_start_go_one_by_one():
     worker = Worker(name="w", manage_connections=False, background_outcomes=False)
     task = Task.objects.create(name="solo", schedule="* * * * *", allow_overlap=False)
