@@ -205,14 +205,14 @@ def claim_wakeups(named: list[tuple[int, str]], channels: list[str], worker: str
                  f"AND ({pairs}){_skip_locked()}")
     ids = [run_id for run_id, _ in named]
     params = [Status.QUEUED, now, *(value for pair in named for value in pair)]
-    where = f"id IN (SELECT id FROM ({named_sql}) AS named"
+    sources = [f"SELECT id FROM ({named_sql}) AS named"]
     if more > 0:
         waiting, waiting_params = _waiting_sql(channels, now, more, besides=ids)
-        where += f" UNION ALL SELECT id FROM ({waiting}) AS waiting"
+        sources.append(f"SELECT id FROM ({waiting}) AS waiting")
         params += waiting_params
     try:
         with _savepoint():
-            runs = _claim_sql(where + ")", params, worker, now)
+            runs = _claim_sql(f"id IN ({' UNION ALL '.join(sources)})", params, worker, now)
     except IntegrityError:
         return None
     order = {run_id: index for index, run_id in enumerate(ids)}

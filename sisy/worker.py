@@ -325,8 +325,6 @@ class Worker:
         slots fired ahead (``at``) and, when a named run may not start now,
         every message go through :meth:`_handle` one by one.
         """
-        if len(messages) == 1:
-            return self._handle(messages[0])
         named, single = {}, []
         for message in messages:
             parsed = parse_message(message)
