@@ -54,6 +54,26 @@ def setup_django(mode: str = "pg") -> None:
     call_command("migrate", verbosity=0)
 
 
+def bare_connection():
+    """A psycopg connection (autocommit) to Django's default database, outside Django:
+    the floors that the benchmarks time Sisy against."""
+    import psycopg
+    from django.db import connection
+
+    settings = connection.settings_dict
+    return psycopg.connect(host=settings["HOST"], port=settings["PORT"], user=settings["USER"],
+                           dbname=settings["NAME"], autocommit=True)
+
+
+def bare_insert(conn, channel: str, now) -> int:
+    """``.delay()``'s ``INSERT`` of a ``bench.noop`` run, prepared, on ``conn``; its id."""
+    from sisy import dispatch
+
+    _, sql = dispatch._insert_plan()
+    return conn.execute(sql, ("bench.noop", "[1]", "{}", channel, now, now, now, now, False),
+                        prepare=True).fetchone()[0]
+
+
 def manage(*args, mode="pg", **extra) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "django", *args], env=env(mode, **extra),
                             cwd=ROOT)

@@ -30,7 +30,6 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     common.setup_django("pg")
 
-    import psycopg
     from django.db import connection, transaction
     from django.test import override_settings
     from django.utils import timezone
@@ -39,16 +38,12 @@ def main(argv=None) -> None:
     from sisy import dispatch
     from sisy.models import Run
 
-    settings = connection.settings_dict
-    floor = psycopg.connect(host=settings["HOST"], port=settings["PORT"], user=settings["USER"],
-                            dbname=settings["NAME"], autocommit=True)
-    fields, sql = dispatch._insert_plan()
+    floor = common.bare_connection()
 
     def bare(n):
         now = timezone.now()
         for _ in range(n):
-            floor.execute(sql, ("bench.noop", "[1]", "{}", "sisy-run-task", now, now, now, now,
-                                False), prepare=True).fetchone()
+            common.bare_insert(floor, "sisy-run-task", now)
 
     def durable(n):
         for i in range(n):

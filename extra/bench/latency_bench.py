@@ -31,21 +31,12 @@ FLOOR_QUEUE = marks.PREFIX + "floor"
 WARM_UP = 20
 
 
-def _floor_connection():
-    import psycopg
-    from django.db import connection
-
-    settings = connection.settings_dict
-    return psycopg.connect(host=settings["HOST"], port=settings["PORT"], user=settings["USER"],
-                           dbname=settings["NAME"], autocommit=True)
-
-
 def floor_worker() -> None:
     """The floor's worker: pop a run id, claim its row durably, leave a mark; -1 stops."""
     common.setup_django("pg")
     from sisy.models import Run
 
-    conn = _floor_connection()
+    conn = common.bare_connection()
     sql = (f"UPDATE {Run._meta.db_table} SET status = 'running', started_at = now(), "
            f"worker = 'floor' WHERE id = %s AND status = 'queued' RETURNING id")
     while True:
@@ -62,10 +53,7 @@ def _floor(system, processes, runs: int) -> list[float]:
     left after the claim."""
     from django.utils import timezone
 
-    from sisy import dispatch
-
-    _, sql = dispatch._insert_plan()
-    conn = _floor_connection()
+    conn = common.bare_connection()
     processes.start([sys.executable, "-m", "extra.bench.latency_bench", "--floor-worker"],
                     env=system.env())
     system.before_batch()
@@ -73,8 +61,7 @@ def _floor(system, processes, runs: int) -> list[float]:
     latencies = []
     for _ in range(WARM_UP + runs):
         began, now = time.time(), timezone.now()
-        run_id = conn.execute(sql, ("bench.noop", "[1]", "{}", "floor", now, now, now, now,
-                                    False), prepare=True).fetchone()[0]
+        run_id = common.bare_insert(conn, "floor", now)
         marks.client().lpush(FLOOR_QUEUE, run_id)
         mark = marks.pop(30.0)
         if mark is None:
