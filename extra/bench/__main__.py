@@ -1,9 +1,9 @@
-"""Sisy side by side with Celery, Huey, Procrastinate and the channels-redis floor.
+"""Sisy side by side with Celery, Huey, Procrastinate and two floors.
 
     python -m extra.bench [--tasks 5000] [--repeat 1] [--latency 200]
                           [--schedule-seconds 20] [--sizes 100,10000,100000]
                           [--systems sisy-pg,sisy-pg-prepared,sisy-embedded,celery,huey,
-                                     procrastinate,floor]
+                                     procrastinate,pg-floor,floor]
 
 (``extra/bench/run`` makes the virtualenv with the reference systems and runs
 this.) Each system is measured in a child process of its own that starts its
@@ -27,11 +27,12 @@ from importlib import metadata
 from extra.bench import common
 
 ALL = ["sisy-pg", "sisy-pg-prepared", "sisy-embedded", "celery", "huey", "procrastinate",
-       "floor"]
+       "pg-floor", "floor"]
 COLUMNS = {
     "sisy-pg": "Sisy PG+Redis", "sisy-pg-prepared": "Sisy PG prepared",
     "sisy-embedded": "Sisy SQLite+mem", "celery": "Celery solo",
-    "huey": "Huey", "procrastinate": "Procrastinate", "floor": "ch-redis floor",
+    "huey": "Huey", "procrastinate": "Procrastinate", "pg-floor": "durable floor",
+    "floor": "ch-redis floor",
 }
 DOCS = common.ROOT / "docs" / "performance.rst"
 BEGIN, END = ".. bench-table-begin", ".. bench-table-end"
@@ -39,6 +40,9 @@ LEGEND = [
     "(×) = ratio to the Celery column of the same run; ↑ higher is better, ↓ lower is better.",
     "Sisy PG prepared: the same with DATABASES OPTIONS {\"prepare_threshold\": 5}",
     "   (.delay()'s INSERT is prepared; Django's default, None, prepares nothing).",
+    "durable floor: Sisy's guarantees with nothing of Sisy: a bare prepared durable INSERT",
+    "   and LPUSH per run; bare workers pop up to 10 ids, claim durably, write outcomes",
+    "   with synchronous_commit off (extra/bench/durable_floor.py).",
     "W4 Celery column: celery beat (PersistentScheduler, schedule 1.0 s) + 1 solo worker;",
     "   Sisy: sisy_heartbeat + 1 sisy_worker (embedded: one sisy_run).",
     "W5 Celery column: django-celery-beat's DatabaseScheduler (fire all due capped at 30 s).",

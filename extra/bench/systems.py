@@ -9,6 +9,7 @@ workloads in ``workloads.py`` do the rest the same way for every system.
 
 from __future__ import annotations
 
+import datetime
 import os
 import sys
 import tempfile
@@ -145,6 +146,36 @@ class SisyEmbedded(Sisy):
     mode = "embedded"
 
 
+class DurableFloor(Sisy):
+    """Sisy's guarantees with nothing of Sisy (see ``durable_floor.py``): a bare durable
+    ``INSERT`` and ``LPUSH`` per run, bare workers that claim durably in batches."""
+    key = "pg-floor"
+    label = "Durable floor, PostgreSQL + Redis, no Sisy"
+    has_scheduler = False
+
+    def setup(self) -> None:
+        super().setup()
+        from extra.bench import durable_floor
+
+        self._conn = common.bare_connection()
+        self._queue = durable_floor.QUEUE
+
+    def teardown(self) -> None:
+        self._conn.close()
+        super().teardown()
+
+    def worker_commands(self, processes: int) -> list[list[str]]:
+        return [[sys.executable, "-m", "extra.bench.durable_floor"]] * processes
+
+    def enqueue(self, i: int) -> None:
+        now = datetime.datetime.now(datetime.UTC)
+        run_id = common.bare_insert(self._conn, "floor", now, name="bench.mark", args=f"[{i}]")
+        marks.client().lpush(self._queue, run_id)
+
+    def flush(self) -> None:
+        pass
+
+
 class Celery(System):
     key = "celery"
     label = "Celery 5, Redis, solo"
@@ -232,5 +263,5 @@ class Procrastinate(System):
         self._noop.defer(i=i)
 
 
-SYSTEMS = {system.key: system
-           for system in (Sisy, SisyPrepared, SisyEmbedded, Celery, Huey, Procrastinate)}
+SYSTEMS = {system.key: system for system in (Sisy, SisyPrepared, SisyEmbedded, Celery, Huey,
+                                             Procrastinate, DurableFloor)}

@@ -1,0 +1,61 @@
+"""The durable floor: Sisy's guarantees for a run, with nothing of Sisy.
+
+    python -m extra.bench.durable_floor    (the worker; the side-by-side
+                                            benchmark starts it as "pg-floor")
+
+The producer (``systems.DurableFloor.enqueue``) does what ``.delay()`` must do
+at the least: the same durable, prepared ``INSERT`` of the run's row from bare
+psycopg, then its id to a Redis list (``LPUSH``). This worker pops up to
+:data:`BATCH` waiting ids at once (``BLMPOP``, as ``sisy_worker`` pops up to ten
+wake-ups of short runs), claims their rows in one durable prepared ``UPDATE``
+(queued → running) before it calls anything, calls the body (the same
+``marks.record``), and writes their outcomes in one ``UPDATE`` committed with
+``synchronous_commit = off``, as Sisy's default ``DURABLE_RESULTS = False``
+does. No Django, no threads, no validation, no event loop: whatever a design
+with these guarantees costs, it costs at least this on the same machine.
+"""
+
+from __future__ import annotations
+
+import os
+
+from extra.bench import marks
+
+#: The Redis list (in the marks' database) that carries the run ids.
+QUEUE = marks.PREFIX + "durable-floor"
+#: The most ids one pop takes.
+BATCH = 10
+
+CLAIM = ("UPDATE sisy_run SET status = 'running', started_at = now(), worker = 'floor' "
+         "WHERE id = ANY(%s) AND status = 'queued' RETURNING id, args")
+OUTCOME = ("UPDATE sisy_run AS r SET status = 'succeeded', result = 'null', "
+           "finished_at = clock_timestamp() "
+           "FROM (SELECT set_config('synchronous_commit', 'off', true)) AS sisy_async "
+           "WHERE r.id = ANY(%s) AND r.status = 'running'")
+
+
+def connect():
+    """A psycopg connection (autocommit) to the benchmark's database, from the environment."""
+    import psycopg
+
+    return psycopg.connect(host="127.0.0.1", port=5432, user="postgres",
+                           dbname=os.environ.get("SISY_BENCH_DB", "sisy_bench"), autocommit=True)
+
+
+def work() -> None:
+    """Pop ids, claim their rows durably, run the bodies, write the outcomes; forever."""
+    conn = connect()
+    redis = marks.client()
+    while True:
+        popped = redis.blmpop(5, 1, QUEUE, direction="RIGHT", count=BATCH)
+        if popped is None:
+            continue
+        ids = [int(item) for item in popped[1]]
+        rows = conn.execute(CLAIM, (ids,), prepare=True).fetchall()
+        for _, args in rows:
+            marks.record(args[0])
+        conn.execute(OUTCOME, ([run_id for run_id, _ in rows],), prepare=True)
+
+
+if __name__ == "__main__":
+    work()
