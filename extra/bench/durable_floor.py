@@ -8,7 +8,8 @@ at the least: the same durable, prepared ``INSERT`` of the run's row from bare
 psycopg, then its id to a Redis list (``LPUSH``). This worker pops up to
 :data:`BATCH` waiting ids at once (``BLMPOP``, as ``sisy_worker`` pops up to ten
 wake-ups of short runs), claims their rows in one durable prepared ``UPDATE``
-(queued → running) before it calls anything, calls the body (the same
+(queued → running) before it calls anything (prepared, but planned at each
+execution: ``plan_cache_mode = force_custom_plan``), calls the body (the same
 ``marks.record``), and writes their outcomes in one ``UPDATE`` committed with
 ``synchronous_commit = off``, as Sisy's default ``DURABLE_RESULTS = False``
 does. No Django, no threads, no validation, no event loop: whatever a design
@@ -45,6 +46,9 @@ def connect():
 def work() -> None:
     """Pop ids, claim their rows durably, run the bodies, write the outcomes; forever."""
     conn = connect()
+    # Prepared (parsed once), but planned at each execution with the ids at hand: a
+    # generic plan made while the table was small would read the whole table.
+    conn.execute("SET plan_cache_mode = force_custom_plan")
     redis = marks.client()
     while True:
         popped = redis.blmpop(5, 1, QUEUE, direction="RIGHT", count=BATCH)
