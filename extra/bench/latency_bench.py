@@ -11,66 +11,32 @@ same script: ``claim()`` of a queued run back to back, a bare ``UPDATE``
 by primary key from psycopg, autocommit, and the floor of a run's path with
 Sisy's guarantees, timed like the whole: a durable prepared ``INSERT`` of
 the same row from bare psycopg, its id pushed to Redis (``LPUSH``), and a
-bare process that pops it (``BLPOP``), claims the row with a durable
-prepared ``UPDATE`` and leaves its mark -- no Django, no threads, nothing
-of Sisy's. Prints medians and p95s in ms.
-Uses the side-by-side benchmark's database and Redis prefix (see
+bare process that pops it, claims the row with a durable prepared ``UPDATE``
+and leaves its mark -- the "durable floor" of the side-by-side table
+(``durable_floor.py``), no Django, no threads, nothing of Sisy's. Prints
+medians and p95s in ms. Uses the side-by-side benchmark's database and Redis prefix (see
 ``systems.py``).
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 
-from extra.bench import common, marks, procs, systems, workloads
-
-#: The Redis list the floor's producer pushes run ids to (the marks' database).
-FLOOR_QUEUE = marks.PREFIX + "floor"
-WARM_UP = 20
+from extra.bench import common, marks, systems, workloads
 
 
-def floor_worker() -> None:
-    """The floor's worker: pop a run id, claim its row durably, leave a mark; -1 stops."""
-    common.setup_django("pg")
-    from sisy.models import Run
-
-    conn = common.bare_connection()
-    sql = (f"UPDATE {Run._meta.db_table} SET status = 'running', started_at = now(), "
-           f"worker = 'floor' WHERE id = %s AND status = 'queued' RETURNING id")
-    while True:
-        _, run_id = marks.client().blpop([FLOOR_QUEUE])
-        if int(run_id) < 0:
-            return
-        conn.execute(sql, (int(run_id),), prepare=True).fetchone()
-        marks.record(int(run_id))
-
-
-def _floor(system, processes, runs: int) -> list[float]:
-    """The floor's producer: ``runs`` runs 10 ms apart (after 20 that wait for the
-    worker's start and warm it up), seconds from before the ``INSERT`` to the mark
-    left after the claim."""
-    from django.utils import timezone
-
-    conn = common.bare_connection()
-    processes.start([sys.executable, "-m", "extra.bench.latency_bench", "--floor-worker"],
-                    env=system.env())
-    system.before_batch()
-    marks.reset()
-    latencies = []
-    for _ in range(WARM_UP + runs):
-        began, now = time.time(), timezone.now()
-        run_id = common.bare_insert(conn, "floor", now)
-        marks.client().lpush(FLOOR_QUEUE, run_id)
-        mark = marks.pop(30.0)
-        if mark is None:
-            processes.check()
-            raise RuntimeError(f"floor: run {run_id} was not claimed in 30 s")
-        latencies.append(mark[1] - began)
-        time.sleep(0.01)
-    marks.client().lpush(FLOOR_QUEUE, -1)
-    return latencies[WARM_UP:]
+def _floor(runs: int) -> list[float]:
+    """W2 on the durable floor (``durable_floor.py``): ``runs`` runs 10 ms apart,
+    seconds from before the bare ``INSERT`` to the mark its worker leaves after the
+    durable claim."""
+    floor = systems.DurableFloor()
+    floor.setup()
+    try:
+        with workloads.start_workers(floor, 1, 2.0) as processes:
+            return workloads.latency(floor, processes, runs)
+    finally:
+        floor.teardown()
 
 
 def _row(name: str, values: list[float]) -> tuple[str, str, str]:
@@ -81,10 +47,7 @@ def _row(name: str, values: list[float]) -> tuple[str, str, str]:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=200, help="sequential runs")
-    parser.add_argument("--floor-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.floor_worker:
-        return floor_worker()
     system = systems.Sisy()
     system.setup()
     try:
@@ -130,9 +93,7 @@ def main(argv=None) -> None:
             updates.append(time.perf_counter() - began)
         rows += [_row("claim(), back to back", claims),
                  _row("bare UPDATE by id, autocommit", updates)]
-        with procs.Processes("floor") as processes:
-            rows.append(_row("floor: bare INSERT → Redis → claim", _floor(system, processes,
-                                                                         args.runs)))
+        rows.append(_row("floor: bare INSERT → Redis → claim", _floor(args.runs)))
     finally:
         system.teardown()
     print(common.table(("leg", "p50 ms", "p95 ms"), rows))

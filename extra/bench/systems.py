@@ -14,7 +14,7 @@ import os
 import sys
 import tempfile
 
-from extra.bench import common, marks
+from extra.bench import common, durable_floor, marks
 
 SISY_DB = "sisy_bench_side"
 SISY_PREFIX = "sisy-bench-side"
@@ -155,10 +155,7 @@ class DurableFloor(Sisy):
 
     def setup(self) -> None:
         super().setup()
-        from extra.bench import durable_floor
-
         self._conn = common.bare_connection()
-        self._queue = durable_floor.QUEUE
 
     def teardown(self) -> None:
         self._conn.close()
@@ -170,7 +167,7 @@ class DurableFloor(Sisy):
     def enqueue(self, i: int) -> None:
         now = datetime.datetime.now(datetime.UTC)
         run_id = common.bare_insert(self._conn, "floor", now, name="bench.mark", args=f"[{i}]")
-        marks.client().lpush(self._queue, run_id)
+        marks.client().lpush(durable_floor.QUEUE, run_id)
 
     def flush(self) -> None:
         pass
