@@ -5,9 +5,14 @@ A worker's loop is: claim, call, store the outcome. The last step is one
 itself. :class:`OutcomeWriter` takes it off the worker's thread: the worker
 hands the finished run over and goes on with the next one while this thread,
 with its own database connection, writes the outcome at once, one statement
-per run, or for all that are waiting in one statement. Nothing is held back
-to make batches: an outcome waits only while the ones before it are being
-written.
+per run, or for all that are waiting in one statement. A worker running a
+batch of runs it claimed together hands their outcomes over together at the
+end of the batch (:meth:`OutcomeWriter.gathering`), so that they are written
+in one statement: each statement commits, and a commit costs PostgreSQL about
+as much CPU as the write (150 µs for one outcome against 37 µs each for ten in
+one statement). A worker claims together only runs it expects to finish
+within ``CLAIM_AHEAD`` (50 ms), so no outcome waits longer than that for the
+rest of its batch; runs claimed alone are handed over at once.
 
 Only plain successes go this way (see :func:`sisy.execution.execute`):
 failures (which may queue a retry), runs of a ``Task`` row (whose ``running``
@@ -22,6 +27,7 @@ as a run killed mid-call is.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -50,15 +56,38 @@ class OutcomeWriter:
         self._start_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._closed = False
+        #: Per thread: the outcomes gathered by :meth:`gathering`, or None.
+        self._local = threading.local()
 
     def put(self, run: Run) -> None:
         """Store ``run``'s outcome (already set on it) soon; return at once."""
         if self._closed:
             raise RuntimeError("This OutcomeWriter is closed.")
         run._sisy_outcome_pending = True
+        gathered = getattr(self._local, "gathered", None)
+        if gathered is not None:
+            gathered.append(run)
+            return
         if self._thread is None:
             self._start()
         self._queue.put(run)
+
+    @contextlib.contextmanager
+    def gathering(self):
+        """Hold the outcomes this thread hands over within the block, and hand them
+        over together when it ends (however it ends), to be written in one statement."""
+        if getattr(self._local, "gathered", None) is not None:  # already gathering
+            yield
+            return
+        gathered = self._local.gathered = []
+        try:
+            yield
+        finally:
+            self._local.gathered = None
+            if gathered:
+                if self._thread is None:
+                    self._start()
+                self._queue.put(gathered)
 
     def _start(self) -> None:
         with self._start_lock:
@@ -95,7 +124,8 @@ class OutcomeWriter:
                         batch.append(self._queue.get_nowait())
                     except queue.Empty:
                         break
-                runs = [item for item in batch if isinstance(item, Run)]
+                runs = [run for item in batch if isinstance(item, Run | list)
+                        for run in (item if isinstance(item, list) else [item])]
                 if runs:
                     try:
                         store_outcomes(runs)

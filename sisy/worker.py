@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import os
 import socket
@@ -388,13 +389,20 @@ class Worker:
         return (claimed_at - run.not_before).total_seconds() >= BACKLOG_AGE
 
     def _run_all(self, runs: list) -> int:
-        """Run claimed runs in order; put back those not started when asked to stop."""
-        for index, run in enumerate(runs):
-            if self.stop_event.is_set():
-                release(runs[index:], self.name)
-                self._held.difference_update(run.pk for run in runs[index:])
-                return index
-            self._run_claimed(run)
+        """Run claimed runs in order; put back those not started when asked to stop.
+
+        The outcomes of runs claimed together are written together, after the
+        last of them (:meth:`~sisy.outcomes.OutcomeWriter.gathering`).
+        """
+        gathering = (self._outcomes.gathering() if self._outcomes is not None and len(runs) > 1
+                     else contextlib.nullcontext())
+        with gathering:
+            for index, run in enumerate(runs):
+                if self.stop_event.is_set():
+                    release(runs[index:], self.name)
+                    self._held.difference_update(run.pk for run in runs[index:])
+                    return index
+                self._run_claimed(run)
         return len(runs)
 
     def drain(self, *, exclusive: bool = True) -> int:

@@ -889,6 +889,73 @@ def test_a_worker_hands_plain_successes_to_its_outcome_writer():
         assert cursor.fetchone() == ("on",)
 
 
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_writes_the_outcomes_of_a_claimed_batch_together_after_its_last_run(
+        monkeypatch):
+    """Each statement commits, and a commit costs as much as the write: a batch's
+    outcomes wait for its last run (at most CLAIM_AHEAD) and go in one statement."""
+    from sisy import execution
+
+    statements = []
+
+    def spy(runs):
+        statements.append(sorted(run.pk for run in runs))
+        return real(runs)
+
+    real = execution.store_outcomes
+    monkeypatch.setattr(execution, "store_outcomes", spy)
+    runs = [tasks.mark.delay(f"b{i}", sleep=0.005) for i in range(4)]
+    worker = Worker(["sisy.run_task"], name="bg")
+    worker.seconds_per_run = 0.005  # short runs: claimed ten at a time
+    assert worker.claim_limit() == 10
+    assert worker.drain() == 4
+    assert worker._outcomes.flush(timeout=10)
+    # Without gathering, the writer takes the first outcome while the second run sleeps.
+    assert statements == [sorted(run.pk for run in runs)]
+    assert list(Run.objects.order_by("pk").values_list("status", "worker")) == [
+        ("succeeded", "bg")] * 4
+    assert worker._held == set()
+    # A run claimed alone is handed over at once.
+    lone = tasks.mark.delay("lone")
+    worker._run_all(worker._claim(claim, lone.pk, "bg"))
+    assert worker._outcomes.flush(timeout=10)
+    assert statements[1:] == [[lone.pk]]
+    worker._outcomes.close(timeout=10)
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_gathered_outcomes_are_handed_over_when_the_block_ends_even_by_an_error():
+    import threading
+
+    from sisy.execution import claim_batch
+    from sisy.outcomes import OutcomeWriter
+
+    for i in range(3):
+        tasks.add.delay(i)
+    first, second, third = claim_batch(["sisy.run_task"], "w", limit=3)
+    for run in (first, second, third):
+        run.status, run.result, run.finished_at = "succeeded", run.pk, timezone.now()
+    writer = OutcomeWriter()
+    with pytest.raises(RuntimeError, match="in the middle"), writer.gathering():
+        writer.put(first)
+        with writer.gathering():  # nested: one batch, handed over by the outer block
+            writer.put(second)
+        other = threading.Thread(target=writer.put, args=(third,))  # not this thread's
+        other.start()
+        other.join()
+        assert writer.flush(timeout=10)
+        assert dict(Run.objects.values_list("pk", "status")) == {
+            first.pk: "running", second.pk: "running", third.pk: "succeeded"}
+        raise RuntimeError("in the middle")
+    assert writer.flush(timeout=10)
+    assert set(Run.objects.values_list("status", flat=True)) == {"succeeded"}
+    writer.close(timeout=10)
+    with pytest.raises(RuntimeError, match="This OutcomeWriter is closed."):
+        writer.put(first)
+
+
 def test_without_postgresql_or_connection_care_outcomes_are_written_in_line():
     assert Worker(name="w", manage_connections=False)._outcomes is None
     assert Worker(name="w", background_outcomes=False)._outcomes is None
