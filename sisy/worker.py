@@ -62,6 +62,10 @@ BACKLOG_AGE = 0.02
 #: ... or when it has not looked for this long (seconds): a lost wake-up's run is
 #: found within that while other wake-ups keep coming (POLL_INTERVAL when none do).
 DRAIN_EVERY = 0.1
+#: While draining a backlog, a worker looks for due runs of tasks that forbid
+#: overlap before a batch only when it has not looked (and found none) for this
+#: long (seconds): one statement per batch cost as much as the batch's claim.
+EXCLUSIVE_EVERY = 0.02
 
 
 def worker_name(prefix: str = "") -> str:
@@ -412,16 +416,22 @@ class Worker:
         many as :meth:`claim_limit` expects to finish within ``CLAIM_AHEAD``
         seconds, so that slow runs are shared by all threads. Runs of
         tasks that forbid overlap (standing tasks, by default) are claimed one
-        by one, before each batch, so that a long backlog of one-shot runs
-        does not hold back a slot that is due. Right after a wake-up
-        (``exclusive=False``) the first look skips them: the wake-up named its
-        run directly.
+        by one, before a batch, so that a long backlog of one-shot runs does
+        not hold back a slot that is due; after a look that found none, the
+        next is skipped for :data:`EXCLUSIVE_EVERY` seconds. Right after a
+        wake-up (``exclusive=False``) the first look skips them: the wake-up
+        named its run directly.
         """
         done = 0
         self.last_drain = time.monotonic()
+        looked = float("-inf")  # when the last look for exclusive runs found none
         self._tidy_connections()
         while not self.stop_event.is_set():
-            runs = self._claim(claim_exclusive, self.channels, self.name) if exclusive else []
+            runs = []
+            if exclusive and time.monotonic() - looked >= EXCLUSIVE_EVERY:
+                runs = self._claim(claim_exclusive, self.channels, self.name)
+                if not runs:
+                    looked = time.monotonic()
             exclusive = True  # from the second batch on: a backlog is being drained
             runs += self._claim(claim_batch, self.channels, self.name, limit=self.claim_limit())
             if not runs:

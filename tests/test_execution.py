@@ -780,6 +780,33 @@ def test_a_due_standing_slot_is_not_held_back_by_a_backlog_of_one_shot_runs():
     assert order[-1] == backlog[-1].pk
 
 
+@pytest.mark.parametrize("every, looks", [(3600, 3), (0, 4)])
+def test_a_draining_worker_looks_for_runs_that_forbid_overlap_at_most_every_so_often(
+        monkeypatch, every, looks):
+    """Before a batch only if its last look found one, or found none EXCLUSIVE_EVERY ago."""
+    monkeypatch.setattr("sisy.worker.EXCLUSIVE_EVERY", every)
+    backlog = [tasks.mark.delay(f"backlog-{i}") for i in range(25)]
+    now = timezone.now()
+    slots = [Run.objects.create(
+        task=Task.objects.create(name=f"slot-{i}", schedule="* * * * *", allow_overlap=False),
+        task_name="exec.mark", args=[f"slot-{i}"], channel="sisy.run_task", scheduled_for=now,
+        not_before=now, exclusive=True) for i in range(2)]
+    worker = Worker(name="w", manage_connections=False)
+    worker.seconds_per_run = 0.001  # short runs: ten per batch
+    calls, order = [], []
+    claim_, run_claimed = worker._claim, worker._run_claimed
+    monkeypatch.setattr(worker, "_claim", lambda func, *a, **k: calls.append(
+        func.__name__) or claim_(func, *a, **k))
+    monkeypatch.setattr(worker, "_run_claimed", lambda run, prepared=None: order.append(
+        run.pk) or run_claimed(run, prepared))
+    assert worker.drain() == 27
+    # Each slot is found by a look before a batch; a look that found one looks again.
+    assert order[0] == slots[0].pk and order[11] == slots[1].pk
+    assert calls.count("claim_exclusive") == looks
+    assert calls.count("claim_batch") == 4  # 10 + 10 + 5, and one that found none
+    assert sorted(order) == sorted(run.pk for run in backlog + slots)
+
+
 @pytest.mark.django_db(transaction=True)
 def test_a_busy_worker_still_looks_at_the_table_every_poll_interval(monkeypatch):
     """A lost wake-up is found by the poll even when other messages never stop coming."""

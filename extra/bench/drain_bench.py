@@ -1,0 +1,109 @@
+"""How fast one worker drains a backlog, beside a bare floor, on PostgreSQL.
+
+    python -m extra.bench.drain_bench [--tasks 5000] [--batches 3]
+
+Queues ``--tasks`` no-op runs (``.delay()`` in one transaction; their wake-ups
+go to Redis and are left there), then drains them in this process, timed
+from the first claim until every outcome is stored, in two ways taken in
+turn:
+
+- ``Worker.drain()``: what ``sisy_worker`` does once it is behind -- batch
+  claims of up to ten short runs, its look for runs of tasks that forbid
+  overlap, the call through ``execute()``, outcomes from its writer thread;
+- the floor: bare psycopg on one connection, no Django, that claims the ten
+  oldest due runs in one prepared durable ``UPDATE``, calls the same body and
+  stores their outcomes in one ``UPDATE`` committed with ``synchronous_commit
+  = off`` -- the least a drain with Sisy's guarantees costs.
+
+The W1 row of the side-by-side table cannot show this: there the producer's
+durable ``INSERT`` sets the pace, and a cheaper worker only catches up sooner.
+Prints the median rate, this process's CPU and PostgreSQL's CPU per run.
+Uses the database ``sisy_bench``; vacuums the run table before each drain.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from extra.bench import common
+from extra.bench.cpu import server_seconds
+
+#: The floor's claim: the ten oldest due one-shot runs, as ``claim_batch`` chooses them.
+CLAIM = ("UPDATE sisy_run SET status = 'running', started_at = now(), worker = 'floor' "
+         "WHERE id IN (SELECT id FROM sisy_run WHERE status = 'queued' AND not_before <= now() "
+         "AND channel = %s AND NOT exclusive ORDER BY not_before, id LIMIT 10 "
+         "FOR UPDATE SKIP LOCKED) RETURNING id, args")
+#: The floor's outcomes, committed without waiting for the disk.
+OUTCOMES = ("UPDATE sisy_run AS r SET status = 'succeeded', result = 'null', "
+            "finished_at = clock_timestamp() "
+            "FROM (SELECT set_config('synchronous_commit', 'off', true)) AS sisy_async "
+            "WHERE r.id = ANY(%s) AND r.status = 'running'")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", type=int, default=5000, help="queued runs per drain")
+    parser.add_argument("--batches", type=int, default=3, help="drains per way; median shown")
+    args = parser.parse_args(argv)
+    common.setup_django("pg")
+
+    from django.db import connection, transaction
+
+    from extra.bench.benchapp.tasks import noop
+    from sisy import dispatch
+    from sisy.conf import get_settings
+    from sisy.models import Run
+    from sisy.worker import Worker
+
+    channel = get_settings().RUN_TASK_CHANNEL
+    floor = common.bare_connection()
+    floor.execute("SET plan_cache_mode = force_custom_plan")  # as durable_floor.py
+
+    def sisy() -> int:
+        worker = Worker(name="drain-bench")
+        worker.seconds_per_run = 0.0001  # known short runs: claimed ten at a time
+        try:
+            return worker.drain()
+        finally:
+            worker._outcomes.close()  # waits for every outcome
+
+    def bare() -> int:
+        done = 0
+        while rows := floor.execute(CLAIM, (channel,), prepare=True).fetchall():
+            for _, arguments in rows:
+                noop.__wrapped__(*arguments)
+            floor.execute(OUTCOMES, ([run_id for run_id, _ in rows],), prepare=True)
+            done += len(rows)
+        return done
+
+    ways = {"Worker.drain() (sisy_worker behind)": sisy, "floor: bare psycopg, 10 per claim": bare}
+    figures: dict[str, list[tuple[float, float, float]]] = {name: [] for name in ways}
+    for _ in range(args.batches):
+        for name, way in ways.items():
+            Run.objects.all().delete()
+            with connection.cursor() as cursor:
+                cursor.execute(f"VACUUM ANALYZE {Run._meta.db_table}")
+            with transaction.atomic():
+                for i in range(args.tasks):
+                    noop.delay(i)
+            dispatch.sender.flush()
+            db, cpu, began = server_seconds()["db"], time.process_time(), time.perf_counter()
+            done = way()
+            seconds = time.perf_counter() - began
+            if done != args.tasks or Run.objects.filter(status="succeeded").count() != done:
+                raise RuntimeError(f"{name}: {done} of {args.tasks} runs drained")
+            figures[name].append((done / seconds, (time.process_time() - cpu) / done * 1e6,
+                                  (server_seconds()["db"] - db) / done * 1e6))
+    Run.objects.all().delete()
+    floor.close()
+    rows = [(name, f"{common.median([f[0] for f in values]):,.0f}",
+             f"{min(f[0] for f in values):,.0f}–{max(f[0] for f in values):,.0f}",
+             f"{common.median([f[1] for f in values]):,.0f}",
+             f"{common.median([f[2] for f in values]):,.0f}") for name, values in figures.items()]
+    print(common.table(("way", "median runs/s", f"range over {args.batches}",
+                        "process CPU µs/run", "PostgreSQL CPU µs/run"), rows))
+
+
+if __name__ == "__main__":
+    main()
