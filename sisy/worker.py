@@ -410,7 +410,7 @@ class Worker:
         return len(runs)
 
     def drain(self, *, exclusive: bool = True) -> int:
-        """Claim and run due queued runs until none is left or we are asked to stop.
+        """Claim and run due queued runs until it has caught up or is asked to stop.
 
         Runs are claimed up to ``batch_size`` at a time in one statement, as
         many as :meth:`claim_limit` expects to finish within ``CLAIM_AHEAD``
@@ -420,23 +420,29 @@ class Worker:
         not hold back a slot that is due; after a look that found none, the
         next is skipped for :data:`EXCLUSIVE_EVERY` seconds. Right after a
         wake-up (``exclusive=False``) the first look skips them: the wake-up
-        named its run directly.
+        named its run directly. A batch that comes back less than full means
+        the worker has caught up: it stops, and takes the runs queued since
+        through their wake-ups, several per pop, instead of racing the
+        producer with claims of a run or two each.
         """
         done = 0
         self.last_drain = time.monotonic()
         looked = float("-inf")  # when the last look for exclusive runs found none
         self._tidy_connections()
         while not self.stop_event.is_set():
-            runs = []
+            found = []
             if exclusive and time.monotonic() - looked >= EXCLUSIVE_EVERY:
-                runs = self._claim(claim_exclusive, self.channels, self.name)
-                if not runs:
+                found = self._claim(claim_exclusive, self.channels, self.name)
+                if not found:
                     looked = time.monotonic()
             exclusive = True  # from the second batch on: a backlog is being drained
-            runs += self._claim(claim_batch, self.channels, self.name, limit=self.claim_limit())
-            if not runs:
+            limit = self.claim_limit()
+            batch = self._claim(claim_batch, self.channels, self.name, limit=limit)
+            if not found and not batch:
                 break
-            done += self._run_all(runs)
+            done += self._run_all(found + batch)
+            if not found and len(batch) < limit:
+                break  # caught up: runs queued from now on come with wake-ups of their own
         return done
 
     # -- the loops: one per thread, each with its own event loop for receiving -------------

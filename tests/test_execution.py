@@ -780,12 +780,12 @@ def test_a_due_standing_slot_is_not_held_back_by_a_backlog_of_one_shot_runs():
     assert order[-1] == backlog[-1].pk
 
 
-@pytest.mark.parametrize("every, looks", [(3600, 3), (0, 4)])
+@pytest.mark.parametrize("every, looks", [(3600, 3), (0, 5)])
 def test_a_draining_worker_looks_for_runs_that_forbid_overlap_at_most_every_so_often(
         monkeypatch, every, looks):
     """Before a batch only if its last look found one, or found none EXCLUSIVE_EVERY ago."""
     monkeypatch.setattr("sisy.worker.EXCLUSIVE_EVERY", every)
-    backlog = [tasks.mark.delay(f"backlog-{i}") for i in range(25)]
+    backlog = [tasks.mark.delay(f"backlog-{i}") for i in range(45)]
     now = timezone.now()
     slots = [Run.objects.create(
         task=Task.objects.create(name=f"slot-{i}", schedule="* * * * *", allow_overlap=False),
@@ -799,12 +799,39 @@ def test_a_draining_worker_looks_for_runs_that_forbid_overlap_at_most_every_so_o
         func.__name__) or claim_(func, *a, **k))
     monkeypatch.setattr(worker, "_run_claimed", lambda run, prepared=None: order.append(
         run.pk) or run_claimed(run, prepared))
-    assert worker.drain() == 27
+    assert worker.drain() == 47
     # Each slot is found by a look before a batch; a look that found one looks again.
     assert order[0] == slots[0].pk and order[11] == slots[1].pk
     assert calls.count("claim_exclusive") == looks
-    assert calls.count("claim_batch") == 4  # 10 + 10 + 5, and one that found none
+    assert calls.count("claim_batch") == 5  # 10 + 10 + 10 + 10 + 5: caught up
     assert sorted(order) == sorted(run.pk for run in backlog + slots)
+
+
+def test_a_drain_stops_once_a_batch_comes_back_less_than_full(monkeypatch):
+    """It has caught up: runs queued from then on are taken through their wake-ups,
+    several per pop, not by claims of a run or two racing the producer."""
+    first = [tasks.mark.delay(f"first-{i}") for i in range(5)]
+    worker = Worker(name="w", manage_connections=False)
+    worker.seconds_per_run = 0.001  # short runs: ten per batch
+    later = []
+    run_claimed = worker._run_claimed
+
+    def run_and_enqueue(run, prepared=None):
+        run_claimed(run, prepared)
+        later.append(tasks.mark.delay(f"later-{len(later)}"))  # a producer keeps going
+
+    monkeypatch.setattr(worker, "_run_claimed", run_and_enqueue)
+    assert worker.drain() == 5
+    assert set(Run.objects.filter(status="succeeded").values_list("pk", flat=True)) == {
+        run.pk for run in first}
+    assert set(Run.objects.filter(status="queued").values_list("pk", flat=True)) == {
+        run.pk for run in later}
+    # A batch of one is full while the worker has not timed a run: it goes on until empty.
+    monkeypatch.setattr(worker, "_run_claimed", run_claimed)
+    worker.seconds_per_run = None
+    assert worker.claim_limit() == 1
+    assert worker.drain() == 5
+    assert not Run.objects.filter(status="queued").exists()
 
 
 @pytest.mark.django_db(transaction=True)

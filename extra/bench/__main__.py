@@ -57,7 +57,7 @@ def parse(argv=None):
     parser = argparse.ArgumentParser(prog="python -m extra.bench",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", type=int, default=5000,
-                        help="runs per throughput batch (W1, W6)")
+                        help="runs per throughput batch (W1, W6, W7)")
     parser.add_argument("--repeat", type=int, default=1,
                         help="throughput batches per system; the median is shown (default 1)")
     parser.add_argument("--latency", type=int, default=200, help="sequential runs for W2")
@@ -170,6 +170,7 @@ def build_table(results: dict, keys: list[str], sizes: list[int]) -> str:
         ("W4 start−slot p99 ms ↓", "lag_p99", 1),
         ("W4 ticks seen / expected", "ticks", 0),
         ("W6 end to end /s, 2 workers ↑", "e2e2", 0),
+        ("W7 backlog drained /s, 1 worker ↑", "drain", 0),
     ]
     w5 = {"sisy-pg": results.get("w5-sisy", {}), "celery": results.get("w5-beat", {})}
     for size in sizes:

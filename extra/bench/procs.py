@@ -60,7 +60,17 @@ class Processes:
     def rss_mib(self) -> float:
         return sum(rss_tree_mib(process.pid) for process, _ in self.running)
 
+    def pause(self) -> None:
+        """Freeze every process (SIGSTOP to its group): a worker that takes nothing."""
+        for process, _ in self.running:
+            _signal_group(process, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        for process, _ in self.running:
+            _signal_group(process, signal.SIGCONT)
+
     def stop(self, timeout: float = 20.0) -> None:
+        self.resume()  # a paused process would not act on SIGTERM
         for process, _ in self.running:
             _signal_group(process, signal.SIGTERM)
         deadline = time.monotonic() + timeout

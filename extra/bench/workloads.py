@@ -1,4 +1,4 @@
-"""W1–W4 and W6, run the same way for every system in ``systems.py``.
+"""W1–W4, W6 and W7, run the same way for every system in ``systems.py``.
 
 All times come from ``time.time()`` on this machine: the producer notes when it
 starts enqueueing (or enqueues one run), the task body notes when it starts
@@ -43,6 +43,21 @@ def start_workers(system, count: int, idle: float) -> Processes:
     return processes
 
 
+def wait_done(system, processes: Processes, count: int) -> float:
+    """Wait until ``count`` runs have started (and, where the system records it, finished);
+    return the time of the last start or durable finish."""
+    timeout = max(120.0, count / 20)
+    deadline = time.monotonic() + timeout
+    while not marks.wait_count(count, 1.0):
+        processes.check()
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{system.label}: {marks.count()} of {count} runs started "
+                               f"in {timeout:.0f} s")
+    last = max(started for _, started in marks.read())
+    finished = system.finished_at(count, timeout)
+    return max(last, finished or 0.0)
+
+
 def throughput(system, processes: Processes, count: int) -> tuple[float, float, dict]:
     """W1/W6: enqueue ``count`` runs from sync code; (enqueue /s, end to end /s, CPU).
 
@@ -54,7 +69,6 @@ def throughput(system, processes: Processes, count: int) -> tuple[float, float, 
     """
     system.before_batch()
     marks.reset()
-    timeout = max(120.0, count / 20)
     meter = CpuMeter()
     meter.start()
     began = time.time()
@@ -62,17 +76,30 @@ def throughput(system, processes: Processes, count: int) -> tuple[float, float, 
         system.enqueue(i)
     system.flush()
     enqueued = time.time()
-    deadline = time.monotonic() + timeout
-    while not marks.wait_count(count, 1.0):
-        processes.check()
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{system.label}: {marks.count()} of {count} runs started "
-                               f"in {timeout:.0f} s")
-    last = max(started for _, started in marks.read())
-    finished = system.finished_at(count, timeout)
+    last = wait_done(system, processes, count)
     cpu = meter.per_run(count)
-    last = max(last, finished or 0.0)
     return count / (enqueued - began), count / (last - began), cpu
+
+
+def backlog(system, processes: Processes, count: int) -> float:
+    """W7: ``count`` runs queued while the workers are frozen (SIGSTOP), then drained;
+    runs per second from their release (SIGCONT) to the last start or durable finish.
+
+    W1's end to end is the producer's pace wherever the worker keeps up; this is
+    the worker's own, as after a burst or an outage.
+    """
+    system.before_batch()
+    marks.reset()
+    processes.pause()
+    try:
+        for i in range(count):
+            system.enqueue(i)
+        system.flush()
+        time.sleep(0.5)  # let every message reach its broker
+    finally:
+        began = time.time()
+        processes.resume()
+    return count / (wait_done(system, processes, count) - began)
 
 
 def latency(system, processes: Processes, count: int) -> list[float]:
@@ -134,6 +161,8 @@ def measure(system, options) -> dict:
             result["e2e"] = common.median([r[1] for r in runs])
             for field in runs[0][2]:
                 result[field] = common.median([r[2][field] for r in runs])
+            result["drain"] = common.median([backlog(system, processes, options.tasks)
+                                             for _ in range(options.repeat)])
             lat = latency(system, processes, options.latency)
             result["p50"] = common.median(lat) * 1000
             result["p95"] = common.percentile(lat, 0.95) * 1000
