@@ -84,7 +84,9 @@ class OutcomeWriter:
             yield
         finally:
             self._local.gathered = None
-            if gathered:
+            if gathered and self._closed:  # the writing thread is gone: write them here
+                self._store(gathered)
+            elif gathered:
                 if self._thread is None:
                     self._start()
                 self._queue.put(gathered)
@@ -111,8 +113,21 @@ class OutcomeWriter:
             self._queue.put(None)
             self._thread.join(timeout)
 
+    def _store(self, runs: list[Run]) -> None:
+        from sisy.execution import store_outcomes
+
+        try:
+            store_outcomes(runs)
+        except Exception:  # the runs stay "running" and are settled as lost later
+            logger.exception("Could not store the outcomes of runs %s.",
+                             ", ".join(str(run.pk) for run in runs))
+        finally:
+            if self.on_written is not None:
+                for run in runs:
+                    self.on_written(run)
+
     def _loop(self) -> None:
-        from sisy.execution import OUTCOMES_PER_STATEMENT, store_outcomes
+        from sisy.execution import OUTCOMES_PER_STATEMENT
 
         try:
             while True:
@@ -127,15 +142,7 @@ class OutcomeWriter:
                 runs = [run for item in batch if isinstance(item, Run | list)
                         for run in (item if isinstance(item, list) else [item])]
                 if runs:
-                    try:
-                        store_outcomes(runs)
-                    except Exception:  # the runs stay "running" and are settled as lost later
-                        logger.exception("Could not store the outcomes of runs %s.",
-                                         ", ".join(str(run.pk) for run in runs))
-                    finally:
-                        if self.on_written is not None:
-                            for run in runs:
-                                self.on_written(run)
+                    self._store(runs)
                 for item in batch:
                     if isinstance(item, threading.Event):
                         item.set()

@@ -1005,7 +1005,15 @@ def test_gathered_outcomes_are_handed_over_when_the_block_ends_even_by_an_error(
         raise RuntimeError("in the middle")
     assert writer.flush(timeout=10)
     assert set(Run.objects.values_list("status", flat=True)) == {"succeeded"}
-    writer.close(timeout=10)
+    # Closed while a block gathers (a worker stopping): the block's end writes them itself.
+    late = tasks.add.delay(1)
+    [claimed] = claim_batch(["sisy.run_task"], "w", limit=1)
+    claimed.status, claimed.result, claimed.finished_at = "succeeded", 9, timezone.now()
+    with writer.gathering():
+        writer.put(claimed)
+        writer.close(timeout=10)
+        assert Run.objects.get(pk=late.pk).status == "running"
+    assert Run.objects.get(pk=late.pk).status == "succeeded"
     with pytest.raises(RuntimeError, match="This OutcomeWriter is closed."):
         writer.put(first)
 
