@@ -48,6 +48,9 @@ __all__ = ["Worker", "Heartbeat", "parse_message", "worker_name"]
 
 logger = logging.getLogger(__name__)
 
+#: Seconds a worker waits before it tries again to receive after a failure, doubled
+#: at each failure in a row up to MAX_BACKOFF.
+INITIAL_BACKOFF = 0.1
 MAX_BACKOFF = 5.0
 #: A drain claims no more runs in one statement than it expects to finish within
 #: this many seconds: short runs are claimed ``batch_size`` at a time, runs that
@@ -409,7 +412,7 @@ class Worker:
                 self._run_claimed(run)
         return len(runs)
 
-    def drain(self, *, exclusive: bool = True) -> int:
+    def drain(self, *, exclusive: bool = True, wakeups: bool = True) -> int:
         """Claim and run due queued runs until it has caught up or is asked to stop.
 
         Runs are claimed up to ``batch_size`` at a time in one statement, as
@@ -423,7 +426,9 @@ class Worker:
         named its run directly. A batch that comes back less than full means
         the worker has caught up: it stops, and takes the runs queued since
         through their wake-ups, several per pop, instead of racing the
-        producer with claims of a run or two each.
+        producer with claims of a run or two each. With ``wakeups=False``
+        (receiving has been failing: no wake-up will come) it goes on until
+        a claim finds nothing.
         """
         done = 0
         self.last_drain = time.monotonic()
@@ -441,7 +446,7 @@ class Worker:
             if not found and not batch:
                 break
             done += self._run_all(found + batch)
-            if not found and len(batch) < limit:
+            if wakeups and not found and len(batch) < limit:
                 break  # caught up: runs queued from now on come with wake-ups of their own
         return done
 
@@ -467,14 +472,17 @@ class Worker:
         # asyncio locks that must not be shared between event loops.
         layer = channel_layers.make_backend(self.layer_alias)
         loop = asyncio.new_event_loop()
-        backoff = 0.1
+        backoff = INITIAL_BACKOFF
+        receiving = True  # whether the last receive worked
         next_poll = time.monotonic() + self.poll_interval
         try:
             while not self.stop_event.is_set():
                 if time.monotonic() >= next_poll:
                     # Look at the table every POLL_INTERVAL even while wake-ups keep
-                    # coming: a lost one must not wait for a quiet second.
-                    self._guarded(self.drain)
+                    # coming: a lost one must not wait for a quiet second. While
+                    # receiving fails no wake-up comes, so the drain goes on until
+                    # the table is empty.
+                    self._guarded(self.drain, wakeups=receiving)
                     next_poll = time.monotonic() + self.poll_interval
                 try:
                     # As many wake-ups at once as runs this worker expects to finish
@@ -486,10 +494,11 @@ class Worker:
                 except Exception as exc:  # a bad message or a lost Redis must not kill us
                     logger.warning("Worker %s could not receive on %s: %r; retrying in %.1f s.",
                                    self.name, channel, exc, backoff)
+                    receiving = False
                     self.stop_event.wait(backoff)
                     backoff = min(backoff * 2, MAX_BACKOFF)
                     continue
-                backoff = 0.1
+                backoff, receiving = INITIAL_BACKOFF, True
                 # Look at the table only after running the run a wake-up named. A
                 # wake-up of a run taken already (by this worker's drain or another
                 # worker) means the taker is draining; runs queued since have wake-ups

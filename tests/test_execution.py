@@ -813,12 +813,14 @@ def test_a_drain_stops_once_a_batch_comes_back_less_than_full(monkeypatch):
     first = [tasks.mark.delay(f"first-{i}") for i in range(5)]
     worker = Worker(name="w", manage_connections=False)
     worker.seconds_per_run = 0.001  # short runs: ten per batch
-    later = []
+    later, budget = [], [5]
     run_claimed = worker._run_claimed
 
     def run_and_enqueue(run, prepared=None):
         run_claimed(run, prepared)
-        later.append(tasks.mark.delay(f"later-{len(later)}"))  # a producer keeps going
+        if budget[0] > 0:  # a producer keeps going
+            budget[0] -= 1
+            later.append(tasks.mark.delay(f"later-{len(later)}"))
 
     monkeypatch.setattr(worker, "_run_claimed", run_and_enqueue)
     assert worker.drain() == 5
@@ -826,12 +828,18 @@ def test_a_drain_stops_once_a_batch_comes_back_less_than_full(monkeypatch):
         run.pk for run in first}
     assert set(Run.objects.filter(status="queued").values_list("pk", flat=True)) == {
         run.pk for run in later}
+    # While receiving fails no wake-up comes: it goes on until a claim finds nothing.
+    budget[0] = 3
+    assert worker.drain(wakeups=False) == 8
+    assert len(later) == 8 and not Run.objects.filter(status="queued").exists()
     # A batch of one is full while the worker has not timed a run: it goes on until empty.
-    monkeypatch.setattr(worker, "_run_claimed", run_claimed)
+    budget[0] = 0
+    more = [tasks.mark.delay(f"more-{i}") for i in range(3)]
     worker.seconds_per_run = None
     assert worker.claim_limit() == 1
-    assert worker.drain() == 5
-    assert not Run.objects.filter(status="queued").exists()
+    assert worker.drain() == 3
+    assert set(Run.objects.filter(pk__in=[run.pk for run in more]).values_list(
+        "status", flat=True)) == {"succeeded"}
 
 
 @pytest.mark.django_db(transaction=True)
@@ -860,6 +868,36 @@ def test_a_busy_worker_still_looks_at_the_table_every_poll_interval(monkeypatch)
     finally:
         worker.stop_event.set()
         thread.join(timeout=5)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_while_receiving_fails_the_poll_drains_until_the_table_is_empty(monkeypatch, caplog):
+    """No wake-up comes while the layer is away: the poll's drain does not stop when
+    it has caught up, as it does while wake-ups come."""
+    import threading
+
+    class BrokenLayer:
+        async def receive(self, channel):
+            raise ConnectionError("Redis is away")
+
+    monkeypatch.setattr("sisy.worker.channel_layers.make_backend", lambda alias: BrokenLayer())
+    monkeypatch.setattr("sisy.worker.MAX_BACKOFF", 0.1)
+    worker = Worker(name="cut-off", poll_interval=0.05)
+    drains = []
+    drain = worker.drain
+    monkeypatch.setattr(worker, "drain", lambda **kw: drains.append(kw) or drain(**kw))
+    thread = threading.Thread(target=worker._consume_layer, args=("sisy.run_task",))
+    thread.start()
+    try:
+        run = tasks.add.delay(2, 3)
+        assert run.wait(timeout=5) == 5
+    finally:
+        worker.stop_event.set()
+        thread.join(timeout=5)
+        if worker._outcomes is not None:
+            worker._outcomes.close(timeout=5)  # and its connection
+    assert {"wakeups": False} in drains
+    assert "could not receive on sisy.run_task: ConnectionError('Redis is away')" in caplog.text
 
 
 @pytest.mark.redis
