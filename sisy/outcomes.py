@@ -67,10 +67,8 @@ class OutcomeWriter:
         gathered = getattr(self._local, "gathered", None)
         if gathered is not None:
             gathered.append(run)
-            return
-        if self._thread is None:
-            self._start()
-        self._queue.put(run)
+        else:
+            self._hand_over([run])
 
     @contextlib.contextmanager
     def gathering(self):
@@ -84,12 +82,17 @@ class OutcomeWriter:
             yield
         finally:
             self._local.gathered = None
-            if gathered and self._closed:  # the writing thread is gone: write them here
-                self._store(gathered)
-            elif gathered:
-                if self._thread is None:
-                    self._start()
-                self._queue.put(gathered)
+            if gathered:
+                self._hand_over(gathered)
+
+    def _hand_over(self, runs: list[Run]) -> None:
+        """Queue ``runs`` for the writing thread; once it is closed, write them here."""
+        if self._closed:
+            self._store(runs)
+            return
+        if self._thread is None:
+            self._start()
+        self._queue.put(runs)
 
     def _start(self) -> None:
         with self._start_lock:
@@ -139,8 +142,7 @@ class OutcomeWriter:
                         batch.append(self._queue.get_nowait())
                     except queue.Empty:
                         break
-                runs = [run for item in batch if isinstance(item, Run | list)
-                        for run in (item if isinstance(item, list) else [item])]
+                runs = [run for item in batch if isinstance(item, list) for run in item]
                 if runs:
                     self._store(runs)
                 for item in batch:

@@ -13,7 +13,8 @@ turn:
 - the floor: bare psycopg on one connection, no Django, that claims the ten
   oldest due runs in one prepared durable ``UPDATE``, calls the same body and
   stores their outcomes in one ``UPDATE`` committed with ``synchronous_commit
-  = off`` -- the least a drain with Sisy's guarantees costs.
+  = off`` (``durable_floor.OUTCOME``) -- the least a drain with Sisy's
+  guarantees costs.
 
 The W1 row of the side-by-side table cannot show this: there the producer's
 durable ``INSERT`` sets the pace, and a cheaper worker only catches up sooner.
@@ -28,17 +29,13 @@ import time
 
 from extra.bench import common
 from extra.bench.cpu import server_seconds
+from extra.bench.durable_floor import OUTCOME
 
 #: The floor's claim: the ten oldest due one-shot runs, as ``claim_batch`` chooses them.
 CLAIM = ("UPDATE sisy_run SET status = 'running', started_at = now(), worker = 'floor' "
          "WHERE id IN (SELECT id FROM sisy_run WHERE status = 'queued' AND not_before <= now() "
          "AND channel = %s AND NOT exclusive ORDER BY not_before, id LIMIT 10 "
          "FOR UPDATE SKIP LOCKED) RETURNING id, args")
-#: The floor's outcomes, committed without waiting for the disk.
-OUTCOMES = ("UPDATE sisy_run AS r SET status = 'succeeded', result = 'null', "
-            "finished_at = clock_timestamp() "
-            "FROM (SELECT set_config('synchronous_commit', 'off', true)) AS sisy_async "
-            "WHERE r.id = ANY(%s) AND r.status = 'running'")
 
 
 def main(argv=None) -> None:
@@ -73,7 +70,7 @@ def main(argv=None) -> None:
         while rows := floor.execute(CLAIM, (channel,), prepare=True).fetchall():
             for _, arguments in rows:
                 noop.__wrapped__(*arguments)
-            floor.execute(OUTCOMES, ([run_id for run_id, _ in rows],), prepare=True)
+            floor.execute(OUTCOME, ([run_id for run_id, _ in rows],), prepare=True)
             done += len(rows)
         return done
 
