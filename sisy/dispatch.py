@@ -20,7 +20,6 @@ import functools
 import json
 import logging
 import os
-import random
 import threading
 import time
 from collections.abc import Iterable
@@ -198,8 +197,20 @@ def _batchable(layer, channel: str) -> bool:
     except ImportError:  # pragma: no cover - channels-redis is a dependency
         return False
     return (isinstance(layer, RedisChannelLayer) and "!" not in channel
-            and all(hasattr(layer, a) for a in ("prefix", "expiry", "ring_size", "serialize",
-                                                "deserialize", "connection")))
+            and all(hasattr(layer, a) for a in ("prefix", "expiry", "consistent_hash",
+                                                "serialize", "deserialize", "connection")))
+
+
+def _shard(layer, channel: str):
+    """The Redis connection that holds ``channel``'s wake-ups.
+
+    With several ``hosts``, channels-redis writes an ordinary channel's
+    messages to each host in turn, and its receivers block on one host after
+    the other. Sisy keeps a channel on the host its name hashes to (as
+    channels-redis does for a process's own channels), so that a worker
+    blocked there gets its wake-ups at once.
+    """
+    return layer.connection(layer.consistent_hash(channel))
 
 
 #: Whether the Redis server answers ``BZMPOP`` (Redis 7+); False after it refused once.
@@ -216,10 +227,11 @@ async def pop_wakeups(layer, channel: str, timeout: float, count: int = 1) -> li
     run until a worker polls the table, so a Sisy worker pops and is done: one
     ``BZPOPMIN``, or for several one ``BZMPOP`` (Redis 7; on Redis 6 a worker
     pops one at a time). Messages are read the way ``layer.receive`` reads
-    them (the lowest score first, the layer's own deserialisation).
+    them (the lowest score first, the layer's own deserialisation), from the
+    channel's own host (:func:`_shard`).
     """
     global _bzmpop
-    connection = layer.connection(random.randrange(layer.ring_size))
+    connection = _shard(layer, channel)
     key, timeout = layer.prefix + channel, max(0.01, timeout)
     if count > 1 and _bzmpop:
         try:
@@ -243,7 +255,7 @@ async def _zadd_many(layer, channel: str, messages: list[dict]) -> None:
     the table", so the newest are as good as any) and refresh its expiry.
     """
     key = layer.prefix + channel
-    connection = layer.connection(random.randrange(layer.ring_size))
+    connection = _shard(layer, channel)
     now = time.time()
     capacity = layer.get_capacity(channel)
     # Receivers pop the lowest score first: a standing slot's wake-up (it has "at")

@@ -572,6 +572,48 @@ def test_a_worker_pops_wake_ups_in_the_layers_order_up_to_its_count(settings, mo
 
 
 @pytest.mark.redis
+def test_with_several_redis_hosts_a_channels_wake_ups_are_written_and_popped_on_one_host(
+        settings):
+    """channels-redis spreads a channel's messages over its ``hosts`` in turn and its
+    receivers cycle through them, blocking on each in turn. Sisy keeps each channel on
+    the host its name hashes to, for both its sends and its pops, so that a worker
+    blocked on a channel gets its wake-ups at once, whatever host holds the channel."""
+    import asyncio
+    from urllib.parse import urlsplit, urlunsplit
+
+    from sisy.dispatch import run_message, sender
+    from sisy.worker import Worker
+
+    first = settings.CHANNEL_LAYERS["default"]["CONFIG"]["hosts"][0]
+    parts = urlsplit(first["address"])
+    second = {**first, "address": urlunsplit(parts._replace(
+        path="/14" if parts.path != "/14" else "/15"))}
+    layer = _redis_layer(settings, hosts=[first, second], prefix="sisy-shard-test")
+    channels = ["sisy.one", "sisy.two", "default", "sisy.h", "sisy.a", "sisy.b"]
+    assert [layer.consistent_hash(channel) for channel in channels] == [1, 0, 0, 0, 1, 1]
+
+    async def scenario():
+        await layer.flush()
+        popped = {}
+        for round_ in range(3):
+            runs = [Run(pk=10 * round_ + i + 1, task_name="x", channel=channel)
+                    for i, channel in enumerate(channels)]
+            sender.send(layer, ((run.channel, run_message(run)) for run in runs))
+            for channel in channels:
+                try:
+                    messages = await Worker._receive(layer, channel, 0.5, 5)
+                except TimeoutError:
+                    messages = []
+                popped.setdefault(channel, []).extend(m["run"] for m in messages)
+        keys = [await layer.connection(index).keys("sisy-shard-test*") for index in (0, 1)]
+        return popped, keys
+
+    popped, keys = asyncio.run(scenario())
+    assert popped == {channel: [i + 1, i + 11, i + 21] for i, channel in enumerate(channels)}
+    assert keys == [[], []]
+
+
+@pytest.mark.redis
 def test_a_redis_without_bzmpop_is_remembered_and_the_worker_pops_one_at_a_time(settings,
                                                                                 monkeypatch):
     """Redis 6 answers BZMPOP with "unknown command": the pop falls back to BZPOPMIN
