@@ -5,9 +5,12 @@ the surrounding transaction commits a message ``{"type": "sisy.run", "run":
 id, "name": name}`` wakes a worker. A lost message only delays a run: idle
 workers poll the table and the scheduler sends stale wake-ups again.
 
-Sending from sync code goes through one long-lived event loop per process
-(:class:`Sender`), so ``.delay()`` in a loop does not pay for a new loop and a
-new Redis connection per call. With the in-memory layer, which only reaches
+A lone wake-up to channels-redis is sent by the calling thread itself, with
+one pipelined round trip of a synchronous Redis client; a stream of them
+(``.delay()`` in a loop) goes through one long-lived event loop per process
+(:class:`Sender`), which sends them in batches, so that ``.delay()`` in a
+loop does not pay for a round trip, a new loop or a new Redis connection
+per call. With the in-memory layer, which only reaches
 the same process and is not thread-safe, wake-ups go to in-process workers
 through :data:`local_wakeup` instead.
 """
@@ -47,6 +50,12 @@ SLOT_PRIORITY = 30.0
 #: unless LINGER_BATCH of them are waiting.
 LINGER = 0.01
 LINGER_BATCH = 100
+#: The longest a caller waits for Redis when it sends a lone wake-up itself (seconds),
+#: to connect and then for the answer; past it the sender thread takes over.
+INLINE_TIMEOUT = 0.1
+#: After a lone wake-up could not be sent inline, the sender thread sends every
+#: wake-up for this many seconds (callers do not wait on a Redis that is down).
+INLINE_PAUSE = 5.0
 
 
 def run_message(run: Run, now: datetime | None = None) -> dict:
@@ -98,13 +107,21 @@ local_wakeup = LocalWakeup()
 
 
 class Sender:
-    """A background thread with one event loop that sends wake-ups in batches.
+    """Sends wake-ups: a lone one from the calling thread, streams in batches from a
+    background thread with one event loop.
 
-    ``send()`` only appends to a list and returns; the thread takes everything
-    waiting, groups it by channel, and sends each group at once. For
-    channels-redis that is one ``ZADD`` of many members (the layer's own
-    serialisation and key layout, one round trip per batch instead of four
-    per message); other layers get ``layer.send`` per message.
+    A wake-up that comes alone -- nothing waiting, nothing sent in the last
+    :data:`LINGER` seconds -- to channels-redis is sent at once by the
+    calling thread (:meth:`send_inline`): one pipelined round trip, as
+    Celery's ``.delay()`` makes. Left to the thread, it waited for the
+    thread to get the GIL, which a caller that goes on computing (a view
+    rendering its response) holds for up to the interpreter's 5 ms switch
+    interval. Otherwise ``send()`` only appends to a list and returns; the
+    thread takes everything waiting, groups it by channel, and sends each
+    group at once. For channels-redis that is one ``ZADD`` of many members
+    (the layer's own serialisation and key layout, one round trip per batch
+    instead of four per message); other layers get ``layer.send`` per
+    message.
     """
 
     def __init__(self):
@@ -114,6 +131,10 @@ class Sender:
         self._thread: threading.Thread | None = None
         self._pid = None
         self._last_warning = 0.0
+        #: ``time.monotonic()`` of the last send, inline or by the thread.
+        self._last_sent = float("-inf")
+        #: Until this ``time.monotonic()``, after a failed inline send, nothing goes inline.
+        self._inline_paused_until = float("-inf")
 
     def _ensure_thread(self) -> None:
         if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
@@ -123,7 +144,10 @@ class Sender:
             self._thread.start()
 
     def send(self, layer, messages: Iterable[tuple[str, dict]]) -> None:
-        """Queue messages for the sender thread and return at once."""
+        """Send messages now if they come alone, else queue them for the sender thread."""
+        messages = list(messages)
+        if self.send_inline(layer, messages):
+            return
         with self._condition:
             self._ensure_thread()
             was_empty = not self._waiting
@@ -133,20 +157,49 @@ class Sender:
             if was_empty or len(self._waiting) >= LINGER_BATCH:
                 self._condition.notify_all()
 
+    def send_inline(self, layer, messages: list[tuple[str, dict]]) -> bool:
+        """Send ``messages`` from this thread if they come alone; whether it did.
+
+        Only to channels-redis, only when nothing is waiting for the thread or
+        being sent and nothing was sent in the last :data:`LINGER` seconds (the
+        messages after it, a stream, go to the thread in batches), and not for
+        :data:`INLINE_PAUSE` seconds after an inline send failed. The caller
+        waits at most :data:`INLINE_TIMEOUT` seconds to connect and as long
+        for the answer; when Redis fails it or is slower, the messages go to
+        the thread, which may send them a second time: a wake-up that comes
+        twice starts its run once.
+        """
+        if not messages or not all(_batchable(layer, channel) for channel, _ in messages):
+            return False
+        now = time.monotonic()
+        with self._condition:
+            if (self._waiting or self._busy or now - self._last_sent < LINGER
+                    or now < self._inline_paused_until):
+                return False
+            self._last_sent = now
+        try:
+            for channel, group in _by_channel(messages).items():
+                _zadd_many_now(layer, channel, group)
+        except Exception as exc:
+            with self._condition:
+                self._inline_paused_until = time.monotonic() + INLINE_PAUSE
+            logger.debug("Could not send a wake-up inline (%r); the sender thread sends it.", exc)
+            return False
+        return True
+
     def _loop(self) -> None:
         loop = asyncio.new_event_loop()
-        last_sent = 0.0
         while True:
             with self._condition:
                 self._condition.wait_for(lambda: self._waiting)
-                # A lone wake-up goes at once; a stream of them (``.delay()`` in a
-                # loop) is sent at most every LINGER seconds, so that the thread
-                # does not contend for the GIL with the caller once per message.
-                linger = last_sent + LINGER - time.monotonic()
+                # A stream of wake-ups (``.delay()`` in a loop) is sent at most
+                # every LINGER seconds, so that the thread does not contend for
+                # the GIL with the caller once per message.
+                linger = self._last_sent + LINGER - time.monotonic()
                 if linger > 0:
                     self._condition.wait_for(lambda: len(self._waiting) >= LINGER_BATCH, linger)
                 batch, self._waiting, self._busy = self._waiting, [], True
-            last_sent = time.monotonic()
+                self._last_sent = time.monotonic()
             try:
                 loop.run_until_complete(self._send_batch(batch))
             except Exception as exc:  # never let the sender thread die
@@ -190,6 +243,13 @@ class Sender:
                 lambda: not self._waiting and not self._busy, timeout=timeout)
 
 
+def _by_channel(messages: list[tuple[str, dict]]) -> dict[str, list[dict]]:
+    groups: dict[str, list[dict]] = {}
+    for channel, message in messages:
+        groups.setdefault(channel, []).append(message)
+    return groups
+
+
 def _batchable(layer, channel: str) -> bool:
     """Whether Sisy may read and write ``channel`` of ``layer`` with its own Redis commands."""
     try:
@@ -197,7 +257,7 @@ def _batchable(layer, channel: str) -> bool:
     except ImportError:  # pragma: no cover - channels-redis is a dependency
         return False
     return (isinstance(layer, RedisChannelLayer) and "!" not in channel
-            and all(hasattr(layer, a) for a in ("prefix", "expiry", "consistent_hash",
+            and all(hasattr(layer, a) for a in ("prefix", "expiry", "consistent_hash", "hosts",
                                                 "serialize", "deserialize", "connection")))
 
 
@@ -247,27 +307,75 @@ async def pop_wakeups(layer, channel: str, timeout: float, count: int = 1) -> li
     return [] if result is None else [layer.deserialize(result[1])]
 
 
-async def _zadd_many(layer, channel: str, messages: list[dict]) -> None:
-    """Add many messages to a channels-redis channel the way ``layer.send`` stores one.
+def _queue_zadd(pipe, layer, channel: str, messages: list[dict]) -> None:
+    """Queue on ``pipe`` (sync or asyncio) the commands that add many messages to a
+    channels-redis channel the way ``layer.send`` stores one.
 
-    One pipelined round trip: drop expired messages, add the new ones, trim
-    the channel to its capacity (oldest first: a wake-up only says "look at
-    the table", so the newest are as good as any) and refresh its expiry.
+    Drop expired messages, add the new ones, trim the channel to its capacity
+    (oldest first: a wake-up only says "look at the table", so the newest are
+    as good as any) and refresh its expiry.
     """
     key = layer.prefix + channel
-    connection = _shard(layer, channel)
     now = time.time()
     capacity = layer.get_capacity(channel)
     # Receivers pop the lowest score first: a standing slot's wake-up (it has "at")
     # goes ahead of one-shot wake-ups that may be waiting, stale or not.
     ahead = now - min(SLOT_PRIORITY, layer.expiry / 2)
-    async with connection.pipeline(transaction=False) as pipe:
-        pipe.zremrangebyscore(key, min=0, max=int(now) - int(layer.expiry))
-        pipe.zadd(key, {layer.serialize(m): ahead if "at" in m else now
-                        for m in messages[-capacity:]})
-        pipe.zremrangebyrank(key, 0, -capacity - 1)
-        pipe.expire(key, int(layer.expiry))
+    pipe.zremrangebyscore(key, min=0, max=int(now) - int(layer.expiry))
+    pipe.zadd(key, {layer.serialize(m): ahead if "at" in m else now
+                    for m in messages[-capacity:]})
+    pipe.zremrangebyrank(key, 0, -capacity - 1)
+    pipe.expire(key, int(layer.expiry))
+
+
+async def _zadd_many(layer, channel: str, messages: list[dict]) -> None:
+    """Add many messages to a channels-redis channel in one pipelined round trip."""
+    async with _shard(layer, channel).pipeline(transaction=False) as pipe:
+        _queue_zadd(pipe, layer, channel, messages)
         await pipe.execute()
+
+
+def _zadd_many_now(layer, channel: str, messages: list[dict]) -> None:
+    """:func:`_zadd_many` from sync code, with this thread's synchronous client."""
+    with _sync_client(layer, layer.consistent_hash(channel)).pipeline(transaction=False) as pipe:
+        _queue_zadd(pipe, layer, channel, messages)
+        pipe.execute()
+
+
+_sync_clients_lock = threading.Lock()
+
+
+def _sync_client(layer, index: int):
+    """A synchronous redis-py client for host ``index`` of a channels-redis ``layer``.
+
+    Built from the same host settings as channels-redis's own pools (an
+    ``address`` URL, Sentinel, or connection keywords), but with
+    :data:`INLINE_TIMEOUT` as its connect and read timeouts (the host's own,
+    if shorter). One per layer and host, kept on the layer; redis-py's pool
+    is thread-safe and opens new connections after a fork.
+    """
+    clients = layer.__dict__.get("_sisy_sync_clients")
+    client = clients.get(index) if clients else None
+    if client is not None:
+        return client
+    import redis
+    from redis.sentinel import Sentinel, SentinelConnectionPool
+
+    host = dict(layer.hosts[index])
+    if "address" in host:
+        pool = redis.ConnectionPool.from_url(host.pop("address"), **host)
+    elif "master_name" in host:
+        master, sentinels = host.pop("master_name"), host.pop("sentinels")
+        pool = SentinelConnectionPool(
+            master, Sentinel(sentinels, sentinel_kwargs=host.pop("sentinel_kwargs", None)), **host)
+    else:
+        pool = redis.ConnectionPool(**host)
+    for option in ("socket_timeout", "socket_connect_timeout"):
+        given = pool.connection_kwargs.get(option)
+        pool.connection_kwargs[option] = min(given or INLINE_TIMEOUT, INLINE_TIMEOUT)
+    with _sync_clients_lock:
+        clients = layer.__dict__.setdefault("_sisy_sync_clients", {})
+        return clients.setdefault(index, redis.Redis(connection_pool=pool))
 
 
 sender = Sender()

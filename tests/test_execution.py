@@ -528,6 +528,86 @@ def test_batched_wake_ups_are_ordinary_channels_redis_messages_trimmed_to_capaci
                for m in received)
 
 
+def _zcard(layer, channel: str) -> int:
+    """How many messages ``channel`` holds, read with a client of its own."""
+    import redis
+
+    host = layer.hosts[layer.consistent_hash(channel)]
+    client = redis.Redis.from_url(host["address"])
+    try:
+        return client.zcard(layer.prefix + channel)
+    finally:
+        client.close()
+
+
+@pytest.mark.redis
+def test_a_lone_wake_up_is_sent_by_the_caller_and_a_stream_by_the_sender_thread(
+        settings, monkeypatch):
+    """The first wake-up is in Redis when ``send()`` returns, without the thread; one
+    that follows within LINGER waits for the thread's batch; a process-specific channel
+    (not Sisy's own commands) always goes through the thread."""
+    from sisy import dispatch
+
+    monkeypatch.setattr(dispatch, "LINGER", 1.0)
+    layer = _redis_layer(settings, prefix="sisy-inline-test")
+    sender = dispatch.Sender()
+    message = {"type": "sisy.run", "run": 1, "name": "x"}
+    began = time.monotonic()
+    sender.send(layer, [("sisy.inline", message)])
+    assert (_zcard(layer, "sisy.inline"), sender._thread) == (1, None)
+    sender.send(layer, [("sisy.inline", {**message, "run": 2})])
+    waiting = [m["run"] for _, _, m in sender._waiting]
+    queued_at_once = _zcard(layer, "sisy.inline")
+    assert time.monotonic() - began < 1.0, "too slow to tell a lingering thread from none"
+    assert (waiting, queued_at_once, sender._thread.is_alive()) == ([2], 1, True)
+    assert sender.flush(timeout=5)
+    assert _zcard(layer, "sisy.inline") == 2
+    assert not dispatch._batchable(layer, "sisy.inline!abc")
+    assert sender.send_inline(layer, [("sisy.inline!abc", message)]) is False
+    assert sender.send_inline(layer, []) is False
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("server", ["silent", "refusing"])
+def test_a_caller_waits_at_most_the_inline_timeout_for_a_redis_that_fails_it(settings,
+                                                                              server):
+    """A Redis that accepts and never answers, or refuses connections: the caller's
+    ``send()`` gives up after INLINE_TIMEOUT at most, hands the wake-up to the thread,
+    and for INLINE_PAUSE seconds sends nothing inline (returns at once)."""
+    import socket
+
+    from sisy import dispatch
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    if server == "silent":
+        listener.listen(8)  # the kernel accepts connections; nobody ever answers
+    else:
+        listener.close()  # nothing listens: connections are refused
+    layer = _redis_layer(settings, prefix="sisy-inline-down",
+                         hosts=[{"address": f"redis://127.0.0.1:{port}/0", "socket_timeout": 1}])
+    sender = dispatch.Sender()
+    message = {"type": "sisy.run", "run": 1, "name": "x"}
+    try:
+        began = time.monotonic()
+        sender.send(layer, [("sisy.down", message)])
+        first = time.monotonic() - began
+        paused = sender._inline_paused_until - time.monotonic()
+        queued = [m for _, _, m in sender._waiting] or sender._busy
+        began = time.monotonic()
+        assert sender.send_inline(layer, [("sisy.down", {**message, "run": 2})]) is False
+        second = time.monotonic() - began
+    finally:
+        listener.close()
+    assert first < dispatch.INLINE_TIMEOUT + 0.3
+    if server == "silent":
+        assert first >= dispatch.INLINE_TIMEOUT * 0.9
+    assert dispatch.INLINE_PAUSE - 1 < paused <= dispatch.INLINE_PAUSE
+    assert queued and sender._thread.is_alive()
+    assert second < 0.01
+
+
 @pytest.mark.redis
 @pytest.mark.parametrize("bzmpop", [True, False], ids=["redis7", "redis6-fallback"])
 def test_a_worker_pops_wake_ups_in_the_layers_order_up_to_its_count(settings, monkeypatch,

@@ -1,13 +1,15 @@
 """Where a lone run's enqueue → body-start time goes, on PostgreSQL + Redis.
 
-    python -m extra.bench.latency_bench [--runs 200]
+    python -m extra.bench.latency_bench [--runs 200] [--busy 4]
 
 Starts one ``sisy_worker`` and runs ``--runs`` no-op tasks one after another
 (10 ms apart, as W2 does), each timed in three legs: the ``.delay()`` call
-(validation and the durable ``INSERT``); from its return to the worker's
-start of execution (the wake-up through Redis, the worker's receive and its
-durable claim ``UPDATE``); and from there to the body. Beside them, in the
-same script: ``claim()`` of a queued run back to back, a bare ``UPDATE``
+(validation, the durable ``INSERT`` and, a lone wake-up, sending it to
+Redis); from its return to the worker's start of execution (the worker's
+receive and its durable claim ``UPDATE``); and from there to the body. Beside them, in the
+same script: the whole again with the caller busy in Python for ``--busy``
+ms (default 4) after ``.delay()``, as a view rendering its response is;
+``claim()`` of a queued run back to back, a bare ``UPDATE``
 by primary key from psycopg, autocommit, and the floor of a run's path with
 Sisy's guarantees, timed like the whole: a durable prepared ``INSERT`` of
 the same row from bare psycopg, its id pushed to Redis (``LPUSH``), and a
@@ -39,6 +41,14 @@ def _floor(runs: int) -> list[float]:
         floor.teardown()
 
 
+def _work(seconds: float) -> None:
+    """Keep this thread busy in Python (holding the GIL) for ``seconds``, as a view
+    that renders its response after ``.delay()`` does."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        sum(range(50))
+
+
 def _row(name: str, values: list[float]) -> tuple[str, str, str]:
     return (name, f"{common.median(values) * 1000:.2f}",
             f"{common.percentile(values, 0.95) * 1000:.2f}")
@@ -47,6 +57,8 @@ def _row(name: str, values: list[float]) -> tuple[str, str, str]:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=200, help="sequential runs")
+    parser.add_argument("--busy", type=float, default=4.0,
+                        help="ms of Python the caller runs after .delay() in the last series")
     args = parser.parse_args(argv)
     system = systems.Sisy()
     system.setup()
@@ -59,6 +71,7 @@ def main(argv=None) -> None:
 
         legs: dict[str, list[float]] = {"the .delay() call": [], "return → execution starts": [],
                                         "execution starts → body": [], "whole: before → body": []}
+        busy = []
         with workloads.start_workers(system, 1, 2.0) as processes:
             system.before_batch()
             marks.reset()
@@ -75,7 +88,18 @@ def main(argv=None) -> None:
                                               body - executing, body - began), strict=True):
                     legs[name].append(value)
                 time.sleep(0.01)
+            for i in range(args.runs):
+                began = time.time()
+                trace.delay(i)
+                _work(args.busy / 1000)
+                mark = marks.pop(30.0)
+                if mark is None:
+                    processes.check()
+                    raise RuntimeError(f"run {i} did not start in 30 s")
+                busy.append(mark[1] - began)
+                time.sleep(0.01)
         rows = [_row(name, values) for name, values in legs.items()]
+        rows.append(_row(f"whole, {args.busy:g} ms of Python after .delay()", busy))
 
         system.before_batch()
         runs = [trace.delay(i) for i in range(2 * args.runs)]
