@@ -169,10 +169,12 @@ class Sender:
         the thread, which may send them a second time: a wake-up that comes
         twice starts its run once.
         """
-        if not messages or not all(_batchable(layer, channel) for channel, _ in messages):
-            return False
         now = time.monotonic()
-        with self._condition:
+        if (self._waiting or self._busy or now - self._last_sent < LINGER  # a stream: cheap
+                or now < self._inline_paused_until or not messages
+                or not all(_batchable(layer, channel) for channel, _ in messages)):
+            return False
+        with self._condition:  # the same, for sure
             if (self._waiting or self._busy or now - self._last_sent < LINGER
                     or now < self._inline_paused_until):
                 return False
