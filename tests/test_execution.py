@@ -6,6 +6,7 @@ expect exactly the recorded outcome.
 
 import datetime
 import decimal
+import logging
 import re
 import time
 import uuid
@@ -606,6 +607,51 @@ def test_a_caller_waits_at_most_the_inline_timeout_for_a_redis_that_fails_it(set
     assert dispatch.INLINE_PAUSE - 1 < paused <= dispatch.INLINE_PAUSE
     assert queued and sender._thread.is_alive()
     assert second < 0.01
+
+
+def test_the_callers_redis_client_is_built_like_channels_redis_pools_with_short_timeouts():
+    """An address URL, a host and port (channels-redis's tuple form), and Sentinel: the
+    same pools channels-redis builds, synchronous, waiting at most INLINE_TIMEOUT (or the
+    host's own timeout, if shorter); one client per layer and host. Nothing connects."""
+    import redis
+    from channels_redis.core import RedisChannelLayer
+    from redis.sentinel import SentinelConnectionPool
+
+    from sisy import dispatch
+
+    layer = RedisChannelLayer(hosts=[
+        {"address": "redis://127.0.0.1:6390/3?socket_timeout=10", "password": "pw"},
+        ("127.0.0.1", 6391),
+        {"master_name": "mymaster", "sentinels": [("127.0.0.1", 26390)], "socket_timeout": 0.05},
+    ])
+    clients = [dispatch._sync_client(layer, index) for index in range(3)]
+    pools = [client.connection_pool for client in clients]
+    assert [type(pool) for pool in pools] == [redis.ConnectionPool, redis.ConnectionPool,
+                                              SentinelConnectionPool]
+    kwargs = [pool.connection_kwargs for pool in pools]
+    assert [(k.get("port"), k.get("db"), k.get("password")) for k in kwargs[:2]] == [
+        (6390, 3, "pw"), (6391, None, None)]
+    assert [(k["socket_timeout"], k["socket_connect_timeout"]) for k in kwargs] == [
+        (dispatch.INLINE_TIMEOUT, dispatch.INLINE_TIMEOUT)] * 2 + [(0.05, dispatch.INLINE_TIMEOUT)]
+    assert dispatch._sync_client(layer, 0) is clients[0]
+
+
+def test_a_redis_host_that_cannot_be_built_leaves_the_wake_up_to_the_sender_thread(caplog):
+    """Garbage in the layer's host settings: ``send()`` neither raises nor loses the
+    wake-up: the thread takes it (and logs that it could not send it)."""
+    from channels_redis.core import RedisChannelLayer
+
+    from sisy import dispatch
+
+    layer = RedisChannelLayer(hosts=[{"address": "not a url"}])
+    sender = dispatch.Sender()
+    message = {"type": "sisy.run", "run": 1, "name": "x"}
+    with caplog.at_level(logging.WARNING, logger="sisy.dispatch"):
+        sender.send(layer, [("sisy.garbage", message)])
+        queued = [m for _, _, m in sender._waiting] or sender._busy
+        assert sender.flush(timeout=5)
+    assert queued and sender._inline_paused_until > time.monotonic()
+    assert "Could not send Sisy wake-up messages" in caplog.text
 
 
 @pytest.mark.redis
