@@ -353,7 +353,7 @@ def _sync_client(layer, index: int):
     Built from the same host settings as channels-redis's own pools (an
     ``address`` URL, Sentinel, or connection keywords), but with
     :data:`INLINE_TIMEOUT` as its connect and read timeouts (the host's own,
-    if shorter). One per layer and host, kept on the layer; redis-py's pool
+    if shorter) and no retries. One per layer and host, kept on the layer; redis-py's pool
     is thread-safe and opens new connections after a fork.
     """
     clients = layer.__dict__.get("_sisy_sync_clients")
@@ -361,6 +361,8 @@ def _sync_client(layer, index: int):
     if client is not None:
         return client
     import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
     from redis.sentinel import Sentinel, SentinelConnectionPool
 
     host = dict(layer.hosts[index])
@@ -375,6 +377,8 @@ def _sync_client(layer, index: int):
     for option in ("socket_timeout", "socket_connect_timeout"):
         given = pool.connection_kwargs.get(option)
         pool.connection_kwargs[option] = min(given or INLINE_TIMEOUT, INLINE_TIMEOUT)
+    # One try: on a failure the sender thread takes over, with the layer's own retries.
+    pool.connection_kwargs["retry"] = Retry(NoBackoff(), 0)
     with _sync_clients_lock:
         clients = layer.__dict__.setdefault("_sisy_sync_clients", {})
         return clients.setdefault(index, redis.Redis(connection_pool=pool))
