@@ -190,6 +190,32 @@ def claim_wakeup(run_id: int, name: str, channels: list[str], worker: str, *,
     return claim_wakeups([(run_id, name)], channels, worker, now=now, more=more)
 
 
+def _named_sql(named: list[tuple[int, str]], now: datetime) -> tuple[str, list]:
+    """The ids of the due queued runs ``named`` as ``(id, task name)`` pairs, locked
+    (skipping those another worker is claiming); and its params.
+
+    On PostgreSQL the pairs travel as two arrays, and the primary key is the
+    only index the statement can use, whatever the table's statistics say.
+    Written as ``(id = ... AND task_name = ...) OR ...``, with statistics
+    taken while the table was nearly empty (a fresh table; autovacuum has not
+    analysed it since a burst), PostgreSQL scanned the whole
+    ``sisy_run_queued`` index once per pair: 5.3 ms instead of 0.6 for 8
+    wake-ups with 20,000 runs queued.
+    """
+    table = Run._meta.db_table
+    if connection.vendor == "postgresql":
+        ids = [run_id for run_id, _ in named]
+        # "status || ''" keeps the partial indexes on status out of the planner's choice.
+        sql = (f"SELECT id FROM {table} WHERE id = ANY(%s::bigint[]) "
+               f"AND task_name = (%s::text[])[array_position(%s::bigint[], id)] "
+               f"AND status || '' = %s AND not_before <= %s{_skip_locked()}")
+        return sql, [ids, [name for _, name in named], ids, Status.QUEUED, now]
+    pairs = " OR ".join(["(id = %s AND task_name = %s)"] * len(named))
+    sql = (f"SELECT id FROM {table} WHERE status = %s AND not_before <= %s "
+           f"AND ({pairs}){_skip_locked()}")
+    return sql, [Status.QUEUED, now, *(value for pair in named for value in pair)]
+
+
 def claim_wakeups(named: list[tuple[int, str]], channels: list[str], worker: str, *,
                   now: datetime | None = None, more: int = 0) -> list[Run] | None:
     """:func:`claim_wakeup` for several wake-ups: the runs ``named`` as ``(id, task
@@ -200,11 +226,8 @@ def claim_wakeups(named: list[tuple[int, str]], channels: list[str], worker: str
     :func:`claim`, which records that.
     """
     now = now or timezone.now()
-    pairs = " OR ".join(["(id = %s AND task_name = %s)"] * len(named))
-    named_sql = (f"SELECT id FROM {Run._meta.db_table} WHERE status = %s AND not_before <= %s "
-                 f"AND ({pairs}){_skip_locked()}")
+    named_sql, params = _named_sql(named, now)
     ids = [run_id for run_id, _ in named]
-    params = [Status.QUEUED, now, *(value for pair in named for value in pair)]
     sources = [f"SELECT id FROM ({named_sql}) AS named"]
     if more > 0:
         waiting, waiting_params = _waiting_sql(channels, now, more, besides=ids)

@@ -1116,6 +1116,33 @@ def test_hot_statements_show_in_captured_queries():
 
 @pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
+def test_wake_ups_claimed_together_are_found_by_primary_key_whatever_the_statistics():
+    """Statistics taken while the table was empty, then thousands of runs queued (a
+    burst before autovacuum analyses the table): the runs named by wake-ups popped
+    together are still looked up by primary key, not by scanning the queue's index,
+    and a wake-up naming a run with the wrong task name claims nothing."""
+    from sisy.execution import claim_wakeups
+
+    with connection.cursor() as cursor:
+        cursor.execute(f"ANALYZE {Run._meta.db_table}")
+    with transaction.atomic():
+        runs = [tasks.mark.delay(f"t{i}") for i in range(3000)]
+    named = [(run.pk, run.task_name) for run in runs[1500:1507]]
+    wrong = runs[1507]
+    with CaptureQueriesContext(connection) as queries:
+        claimed = claim_wakeups(named + [(wrong.pk, "os.system")], ["sisy.run_task"], "w")
+    [sql] = [q["sql"] for q in queries.captured_queries if "AS named" in q["sql"]]
+    with connection.cursor() as cursor:
+        cursor.execute("EXPLAIN " + sql)
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+    assert "sisy_run_pkey" in plan and "sisy_run_queued" not in plan, plan
+    assert [run.pk for run in claimed] == [pk for pk, _ in named]
+    assert Run.objects.get(pk=wrong.pk).status == "queued"
+    assert Run.objects.filter(status="running").count() == 7
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
 def test_a_worker_hands_plain_successes_to_its_outcome_writer():
     """Successes are written from the writer thread; failures before the worker goes on."""
 
