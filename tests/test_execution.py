@@ -1139,6 +1139,18 @@ def test_wake_ups_claimed_together_are_found_by_primary_key_whatever_the_statist
     assert [run.pk for run in claimed] == [pk for pk, _ in named]
     assert Run.objects.get(pk=wrong.pk).status == "queued"
     assert Run.objects.filter(status="running").count() == 7
+    # A lone wake-up's claim, too; and one with the wrong name claims nothing.
+    lone = runs[2000]
+    with CaptureQueriesContext(connection) as queries:
+        assert claim(lone.pk, "w", name="os.system") is None
+        assert claim(lone.pk, "w", name=lone.task_name).pk == lone.pk
+    for query in queries.captured_queries:
+        with connection.cursor() as cursor:
+            cursor.execute("EXPLAIN " + query["sql"])
+            plan = "\n".join(row[0] for row in cursor.fetchall())
+        assert "sisy_run_pkey" in plan and "sisy_run_queued" not in plan, plan
+        assert "sisy_run_task_name" not in plan, plan
+    assert Run.objects.filter(status="running").count() == 8
 
 
 @pytest.mark.postgres
