@@ -170,13 +170,12 @@ class Sender:
         twice starts its run once.
         """
         now = time.monotonic()
-        if (self._waiting or self._busy or now - self._last_sent < LINGER  # a stream: cheap
-                or now < self._inline_paused_until or not messages
+        # Looked at without the lock first: in a stream this is the common, cheap answer.
+        if (not self._alone(now) or not messages
                 or not all(_batchable(layer, channel) for channel, _ in messages)):
             return False
-        with self._condition:  # the same, for sure
-            if (self._waiting or self._busy or now - self._last_sent < LINGER
-                    or now < self._inline_paused_until):
+        with self._condition:
+            if not self._alone(now):
                 return False
             self._last_sent = now
         try:
@@ -188,6 +187,12 @@ class Sender:
             logger.debug("Could not send a wake-up inline (%r); the sender thread sends it.", exc)
             return False
         return True
+
+    def _alone(self, now: float) -> bool:
+        """Whether a message sent at ``now`` may go inline: nothing waiting or being sent,
+        nothing sent in the last LINGER seconds, inline sends not paused."""
+        return not (self._waiting or self._busy or now - self._last_sent < LINGER
+                    or now < self._inline_paused_until)
 
     def _loop(self) -> None:
         loop = asyncio.new_event_loop()

@@ -49,6 +49,15 @@ def _work(seconds: float) -> None:
         sum(range(50))
 
 
+def _mark(processes, i: int) -> tuple:
+    """The mark run ``i``'s body left: ``(i, body start, execution start)``."""
+    mark = marks.pop(30.0)
+    if mark is None:
+        processes.check()
+        raise RuntimeError(f"run {i} did not start in 30 s")
+    return mark
+
+
 def _row(name: str, values: list[float]) -> tuple[str, str, str]:
     return (name, f"{common.median(values) * 1000:.2f}",
             f"{common.percentile(values, 0.95) * 1000:.2f}")
@@ -79,11 +88,7 @@ def main(argv=None) -> None:
                 began = time.time()
                 trace.delay(i)
                 returned = time.time()
-                mark = marks.pop(30.0)
-                if mark is None:
-                    processes.check()
-                    raise RuntimeError(f"run {i} did not start in 30 s")
-                _, body, executing = mark
+                _, body, executing = _mark(processes, i)
                 for name, value in zip(legs, (returned - began, executing - returned,
                                               body - executing, body - began), strict=True):
                     legs[name].append(value)
@@ -92,11 +97,7 @@ def main(argv=None) -> None:
                 began = time.time()
                 trace.delay(i)
                 _work(args.busy / 1000)
-                mark = marks.pop(30.0)
-                if mark is None:
-                    processes.check()
-                    raise RuntimeError(f"run {i} did not start in 30 s")
-                busy.append(mark[1] - began)
+                busy.append(_mark(processes, i)[1] - began)
                 time.sleep(0.01)
         rows = [_row(name, values) for name, values in legs.items()]
         rows.append(_row(f"whole, {args.busy:g} ms of Python after .delay()", busy))
