@@ -31,6 +31,8 @@ class TaskContext:
         self.userdata: dict[str, Any] = dict(task.userdata) if task is not None else {}
         self._userdata_seen = dict(self.userdata)
         self._last_progress = 0.0
+        #: Whether a progress() call was folded into a later write that has not happened.
+        self._progress_unsaved = False
 
     @classmethod
     def inline(cls, definition: TaskDefinition) -> TaskContext:
@@ -53,20 +55,28 @@ class TaskContext:
         now = time.monotonic()
         finished = total is not None and done >= total
         if not finished and now - self._last_progress < get_settings().PROGRESS_INTERVAL:
+            self._progress_unsaved = True
             return
         self._last_progress = now
-        type(self.run).objects.filter(pk=self.run.pk).update(
-            progress_done=done, progress_total=total, progress_note=self.run.progress_note
-        )
+        self._write_progress()
 
     def flush_progress(self) -> None:
-        """Write the latest progress even if the throttle would skip it."""
-        if self.run is not None:
-            type(self.run).objects.filter(pk=self.run.pk).update(
-                progress_done=self.run.progress_done,
-                progress_total=self.run.progress_total,
-                progress_note=self.run.progress_note,
-            )
+        """Write the latest progress if the throttle skipped it; Sisy calls this when
+        the run ends.
+
+        Nothing is written when every :meth:`progress` call was written already
+        or none was made: a task that reports no progress costs no query.
+        """
+        if self.run is not None and self._progress_unsaved:
+            self._write_progress()
+
+    def _write_progress(self) -> None:
+        self._progress_unsaved = False
+        type(self.run).objects.filter(pk=self.run.pk).update(
+            progress_done=self.run.progress_done,
+            progress_total=self.run.progress_total,
+            progress_note=self.run.progress_note,
+        )
 
     def save_userdata(self) -> None:
         """Persist ``userdata`` on the task row now (it is also saved when the run ends)."""

@@ -319,6 +319,23 @@ def test_context_progress_and_userdata():
     assert row.running is False
 
 
+@pytest.mark.parametrize("steps, total, writes, saved", [
+    (0, None, 0, (0, None, "")),        # no progress reported: no query at all
+    (3, 3, 2, (3, 3, "step 3")),        # the first and the final step; nothing left to flush
+    (3, 10, 2, (3, 10, "step 3")),      # the first step, then the folded ones when it ends
+])
+def test_progress_is_written_at_the_end_only_when_a_call_was_folded(steps, total, writes, saved):
+    run = tasks.with_progress.delay(steps=steps, total=total)
+    claimed = claim(run.pk, "w")
+    with CaptureQueriesContext(connection) as queries:
+        execute(claimed, manage_connections=False)
+    progress = [q["sql"] for q in queries.captured_queries if '"progress_done"' in q["sql"]]
+    assert len(progress) == writes, progress
+    run.refresh_from_db()
+    assert run.status == "succeeded"
+    assert (run.progress_done, run.progress_total, run.progress_note) == saved
+
+
 def test_inline_call_with_context_gets_an_inline_context():
     assert tasks.with_progress(steps=2) == {"attempt": 1, "run": None}
 

@@ -64,9 +64,9 @@ def mark(token: str, sleep: float = 0.0) -> int:
 
 
 @sisy.task(name="exec.progress", takes_context=True)
-def with_progress(context, steps: int = 5):
+def with_progress(context, steps: int = 5, total: int | None = None):
     for done in range(1, steps + 1):
-        context.progress(done, steps, f"step {done}")
+        context.progress(done, steps if total is None else total, f"step {done}")
     context.userdata["seen"] = context.userdata.get("seen", 0) + 1
     return {"attempt": context.attempt, "run": context.run.pk if context.run else None}
 
