@@ -1,8 +1,9 @@
 """How fast one worker drains a backlog, beside a bare floor, on PostgreSQL.
 
-    python -m extra.bench.drain_bench [--tasks 5000] [--batches 3]
+    python -m extra.bench.drain_bench [--tasks 5000] [--batches 3] [--context]
 
-Queues ``--tasks`` no-op runs (``.delay()`` in one transaction; their wake-ups
+Queues ``--tasks`` no-op runs (with ``--context``, of a no-op that takes a
+context, ``takes_context=True``) (``.delay()`` in one transaction; their wake-ups
 go to Redis and are left there), then drains them in this process, timed
 from the first claim until every outcome is stored, in two ways taken in
 turn:
@@ -42,12 +43,14 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=5000, help="queued runs per drain")
     parser.add_argument("--batches", type=int, default=3, help="drains per way; median shown")
+    parser.add_argument("--context", action="store_true",
+                        help="Sisy's runs are of a no-op task with takes_context=True")
     args = parser.parse_args(argv)
     common.setup_django("pg")
 
     from django.db import connection, transaction
 
-    from extra.bench.benchapp.tasks import noop
+    from extra.bench.benchapp.tasks import noop, noop_context
     from sisy import dispatch
     from sisy.conf import get_settings
     from sisy.models import Run
@@ -83,7 +86,7 @@ def main(argv=None) -> None:
                 cursor.execute(f"VACUUM ANALYZE {Run._meta.db_table}")
             with transaction.atomic():
                 for i in range(args.tasks):
-                    noop.delay(i)
+                    (noop_context if args.context else noop).delay(i)
             dispatch.sender.flush()
             db, cpu, began = server_seconds()["db"], time.process_time(), time.perf_counter()
             done = way()
