@@ -564,10 +564,13 @@ def test_a_lone_wake_up_is_sent_by_the_caller_and_a_stream_by_the_sender_thread(
     """The first wake-up is in Redis when ``send()`` returns, without the thread; one
     that follows within LINGER waits for the thread's batch; a process-specific channel
     (not Sisy's own commands) always goes through the thread."""
+    import asyncio
+
     from sisy import dispatch
 
     monkeypatch.setattr(dispatch, "LINGER", 1.0)
     layer = _redis_layer(settings, prefix="sisy-inline-test")
+    asyncio.run(layer.flush())  # nothing left from an earlier run of this test
     sender = dispatch.Sender()
     message = {"type": "sisy.run", "run": 1, "name": "x"}
     began = time.monotonic()
@@ -583,6 +586,48 @@ def test_a_lone_wake_up_is_sent_by_the_caller_and_a_stream_by_the_sender_thread(
     assert not dispatch._batchable(layer, "sisy.inline!abc")
     assert sender.send_inline(layer, [("sisy.inline!abc", message)]) is False
     assert sender.send_inline(layer, []) is False
+
+
+@pytest.mark.redis
+def test_a_wake_up_drops_expired_messages_keeps_the_newest_and_refreshes_the_expiry(
+        settings, monkeypatch):
+    """Sent by the caller and by the sender thread alike, wake-ups are stored as
+    channels-redis stores a message: expired messages go, the channel keeps its newest
+    ``capacity`` messages, and the key lives ``expiry`` seconds from the last send."""
+    import asyncio
+
+    import redis
+
+    from sisy import dispatch
+
+    monkeypatch.setattr(dispatch, "LINGER", 1.0)
+    layer = _redis_layer(settings, prefix="sisy-store-test", capacity=3, expiry=30)
+    asyncio.run(layer.flush())  # nothing left from an earlier run of this test
+    client = redis.Redis.from_url(layer.hosts[0]["address"])
+    key = layer.prefix + "sisy.store"
+    client.zadd(key, {b"expired long ago": 1.0})
+    sender = dispatch.Sender()
+
+    def message(i):
+        return ("sisy.store", {"type": "sisy.run", "run": i, "name": "x"})
+
+    assert sender.send_inline(layer, [message(1)]) is True
+    assert client.zcard(key) == 1  # the expired message dropped
+    sender.send(layer, [message(i) for i in range(2, 7)])  # within LINGER: the thread
+    assert sender._thread is not None and sender.flush(timeout=5)
+
+    async def receive_all():
+        got = []
+        while True:
+            try:
+                got.append(await asyncio.wait_for(layer.receive("sisy.store"), 0.5))
+            except TimeoutError:
+                return got
+
+    assert client.zcard(key) == 3 and 28 <= client.ttl(key) <= 30
+    # The newest three; the messages of one batch share a score.
+    assert sorted(m["run"] for m in asyncio.run(receive_all())) == [4, 5, 6]
+    client.close()
 
 
 @pytest.mark.redis
