@@ -21,7 +21,12 @@ else:
         def execute(self, query, params=None, *, prepare=None, binary=None):
             return super().execute(query, params, prepare=False, binary=binary)
 
-__all__ = ["tidy_connections", "execute_write", "fast_cursor", "async_commit_possible"]
+__all__ = ["tidy_connections", "execute_write", "fast_cursor", "async_commit_possible",
+           "ASYNC_COMMIT"]
+
+#: A ``FROM`` item that makes the statement it is in commit with ``synchronous_commit
+#: = off`` (``execute_write``'s ``async_sql``): the setting lasts for its transaction.
+ASYNC_COMMIT = "(SELECT set_config('synchronous_commit', 'off', true)) AS sisy_async"
 
 
 def tidy_connections() -> None:
@@ -99,8 +104,8 @@ def execute_write(conn, sql: str, params, *, durable: bool, async_sql: str | Non
 
     Outside a transaction on PostgreSQL, ``durable=False`` commits it with
     ``synchronous_commit = off``. ``async_sql``, if given, is the statement
-    written to do that itself (``set_config('synchronous_commit', 'off',
-    true)`` inside it); otherwise ``SET LOCAL`` and the statement travel as one
+    written to do that itself (:data:`ASYNC_COMMIT` among its ``FROM``
+    items); otherwise ``SET LOCAL`` and the statement travel as one
     simple query, which PostgreSQL runs as one implicit transaction, so the
     setting covers this statement only (not with ``server_side_binding``,
     which allows one statement per query). Elsewhere it is a plain ``execute``.

@@ -35,6 +35,7 @@ from pydantic_core import PydanticSerializationError, to_jsonable_python
 from sisy import signals
 from sisy.conf import get_settings
 from sisy.connections import (
+    ASYNC_COMMIT,
     async_commit_possible,
     execute_write,
     fast_cursor,
@@ -66,38 +67,41 @@ def _skip_overlap(run_id: int, now: datetime) -> None:
 
 
 @functools.cache
-def _columns():
-    fields = Run._meta.concrete_fields
+def _columns(model=Run):
+    fields = model._meta.concrete_fields
     return [f.attname for f in fields], ", ".join(f.column for f in fields)
 
 
-def _converters(conn) -> list:
-    """``(index, column, functions)`` that turn a raw Run row into field values, as the ORM does."""
-    cached = getattr(conn, "_sisy_run_converters", None)
+def _converters(conn, model=Run) -> list:
+    """``(index, column, functions)`` that turn a raw row of ``model`` into field values,
+    as the ORM does."""
+    cache = conn.__dict__.setdefault("_sisy_converters", {})
+    cached = cache.get(model)
     if cached is None:
         cached = []
-        for index, field in enumerate(Run._meta.concrete_fields):
-            col = field.get_col(Run._meta.db_table)
+        for index, field in enumerate(model._meta.concrete_fields):
+            col = field.get_col(model._meta.db_table)
             funcs = conn.ops.get_db_converters(col) + field.get_db_converters(conn)
             if funcs:
                 cached.append((index, col, funcs))
-        conn._sisy_run_converters = cached
+        cache[model] = cached
     return cached
 
 
-def _from_rows(cursor_rows, using: str) -> list[Run]:
-    """Build ``Run`` instances from raw rows, through the same converters the ORM uses."""
-    names, _ = _columns()
+def _from_rows(cursor_rows, using: str, model=Run) -> list:
+    """Build ``model`` instances (``Run`` by default) from raw rows of all its columns,
+    through the same converters the ORM uses."""
+    names, _ = _columns(model)
     conn = connections[using]
-    converters = _converters(conn)
-    runs = []
+    converters = _converters(conn, model)
+    instances = []
     for row in cursor_rows:
         row = list(row)
         for index, col, funcs in converters:
             for func in funcs:
                 row[index] = func(row[index], col, conn)
-        runs.append(Run.from_db(using, names, row))
-    return runs
+        instances.append(model.from_db(using, names, row))
+    return instances
 
 
 def _claim_sql(where: str, params: list, worker: str, now: datetime,
@@ -292,14 +296,20 @@ def _error_text(exc: BaseException) -> tuple[str, str]:
     return name, text
 
 
-def _definition_for(run: Run):
-    """The registered definition of ``run``, or the seed-style row it belongs to.
+def _row_name(run: Run, known: str | None) -> str:
+    return run.task.name if known is None else known
+
+
+def _definition_for(run: Run, row_name: str | None = None):
+    """The registered definition of ``run``, or the seed-style row it belongs to
+    (``row_name``: the name of the run's ``Task`` row, if known without loading it).
 
     A row made by ``task_with_callable`` has no registered name; its callable
     is found from the row's ``func_info``, which trusted code wrote. The
     message that woke the worker only ever names the run.
     """
-    if run.task_id is not None and not run.task.name and run.task.func_info:
+    if (run.task_id is not None and not _row_name(run, row_name)
+            and run.task.func_info):
         return LegacyDefinition.for_task(run.task, run.task_name)
     if run.task_name in registry:
         return registry.get(run.task_name)
@@ -362,15 +372,27 @@ def _outcome_values(run: Run) -> list:
 
 
 @functools.cache
-def _outcome_sql() -> tuple[str, str]:
-    """The outcome ``UPDATE``, and the same committing with ``synchronous_commit = off``."""
+def _outcome_sql(standing: bool = False) -> tuple[str, str]:
+    """The outcome ``UPDATE``, and the same committing with ``synchronous_commit = off``.
+
+    ``standing``: for a run of a standing task on PostgreSQL, the statement
+    also clears the ``running`` flag of the task (its id is the last
+    parameter), as a second statement did, and returns one row: how many
+    runs it stored.
+    """
     fields = [Run._meta.get_field(name) for name in _OUTCOME_FIELDS]
     assignments = ", ".join(f"{f.column} = %s" for f in fields)
     table = Run._meta.db_table
     where = "WHERE id = %s AND status = %s AND worker = %s"
-    return (f"UPDATE {table} SET {assignments} {where}",
-            f"UPDATE {table} SET {assignments} "
-            f"FROM (SELECT set_config('synchronous_commit', 'off', true)) AS sisy_async {where}")
+    statements = (f"UPDATE {table} SET {assignments} {where}",
+                  f"UPDATE {table} SET {assignments} "
+                  f"FROM {ASYNC_COMMIT} {where}")
+    if not standing:
+        return statements
+    return tuple(f"WITH stored AS ({update} RETURNING id), "
+                 f"idle AS (UPDATE {Task._meta.db_table} SET running = false WHERE id = %s) "
+                 f"SELECT count(*) FROM stored"
+                 for update in statements)
 
 
 def _store_outcome(run: Run, *, durable: bool, using: str = DEFAULT_DB_ALIAS) -> int:
@@ -389,10 +411,11 @@ def _store_outcome(run: Run, *, durable: bool, using: str = DEFAULT_DB_ALIAS) ->
     else:
         values = [Run._meta.get_field(name).get_db_prep_save(getattr(run, name), conn)
                   for name in _OUTCOME_FIELDS]
-    sql, async_sql = _outcome_sql()
-    params = [*values, run.pk, Status.RUNNING, run.worker]
-    _, count = execute_write(conn, sql, params, durable=durable, async_sql=async_sql)
-    return count
+    standing = run.task_id is not None and conn.vendor == "postgresql"
+    sql, async_sql = _outcome_sql(standing)
+    params = [*values, run.pk, Status.RUNNING, run.worker, *([run.task_id] if standing else [])]
+    row, count = execute_write(conn, sql, params, durable=durable, async_sql=async_sql)
+    return row[0] if standing else count
 
 
 #: How long a worker keeps trying to store an outcome while the database is away.
@@ -433,18 +456,26 @@ def store_outcome(run: Run) -> bool:
 OUTCOMES_PER_STATEMENT = 100
 
 
-def _outcomes_sql(count: int, *, durable: bool) -> str:
-    """One ``UPDATE ... FROM (VALUES ...)`` storing ``count`` outcomes (PostgreSQL)."""
+def _outcomes_sql(count: int, *, durable: bool, standing: bool = False) -> str:
+    """One ``UPDATE ... FROM (VALUES ...)`` storing ``count`` outcomes (PostgreSQL).
+
+    ``standing``: the statement also clears the ``running`` flag of the tasks
+    whose ids are its last parameter (an array).
+    """
     row = "(%s::bigint, %s::text, %s::jsonb, %s::text, %s::text, %s::timestamptz, " \
           "%s::timestamptz, %s::text)"
     names = ("id", *_OUTCOME_FIELDS, "worker")
     sources = f"(VALUES {', '.join([row] * count)}) AS v({', '.join(names)})"
     if not durable:
-        sources += ", (SELECT set_config('synchronous_commit', 'off', true)) AS sisy_async"
+        sources += f", {ASYNC_COMMIT}"
     assignments = ", ".join(f"{Run._meta.get_field(name).column} = v.{name}"
                             for name in _OUTCOME_FIELDS)
-    return (f"UPDATE {Run._meta.db_table} AS r SET {assignments} FROM {sources} "
-            f"WHERE r.id = v.id AND r.status = %s AND r.worker = v.worker RETURNING r.id")
+    update = (f"UPDATE {Run._meta.db_table} AS r SET {assignments} FROM {sources} "
+              f"WHERE r.id = v.id AND r.status = %s AND r.worker = v.worker RETURNING r.id")
+    if not standing:
+        return update
+    return (f"WITH stored AS ({update}), idle AS (UPDATE {Task._meta.db_table} "
+            f"SET running = false WHERE id = ANY(%s::bigint[])) SELECT id FROM stored")
 
 
 def store_outcomes(runs: list[Run]) -> set[int]:
@@ -461,7 +492,10 @@ def store_outcomes(runs: list[Run]) -> set[int]:
         for run in chunk:
             params += [run.pk, *_outcome_values(run), run.worker]
         params.append(Status.RUNNING)
-        sql = _outcomes_sql(len(chunk), durable=durable)
+        tasks = [run.task_id for run in chunk if run.task_id is not None]
+        if tasks:
+            params.append(tasks)
+        sql = _outcomes_sql(len(chunk), durable=durable, standing=bool(tasks))
 
         def write(sql=sql, params=params):
             with fast_cursor(conn) as cursor:
@@ -482,8 +516,8 @@ def finish(run: Run, status: str, *, result=None, error: str = "", error_type: s
     now = now or timezone.now()
     run.status, run.result, run.error, run.error_type, run.finished_at = (
         status, result, error, error_type, now)
-    done = store_outcome(run)
-    if run.task_id is not None:
+    done = store_outcome(run)  # on PostgreSQL, it clears Task.running too
+    if run.task_id is not None and connections[DEFAULT_DB_ALIAS].vendor != "postgresql":
         Task.objects.filter(pk=run.task_id).update(running=False)
     return done
 
@@ -492,15 +526,17 @@ def _settle(run: Run, definition, context: TaskContext | None, status: str,
             outcomes=None, **outcome) -> None:
     """Store the outcome, queue a retry if the policy allows, and send ``run_finished``.
 
-    A plain success of a one-shot run whose ``run_finished`` has no receivers
-    goes to ``outcomes`` (an :class:`~sisy.outcomes.OutcomeWriter`), if given,
-    so that the worker need not wait for the write.
+    A plain success whose ``run_finished`` has no receivers goes to
+    ``outcomes`` (an :class:`~sisy.outcomes.OutcomeWriter`), if given, so that
+    the worker need not wait for the write; but not that of a standing task
+    that forbids overlap: its next run must not find this one still running.
     """
     now = timezone.now()
     if context is not None:
         context.flush_progress()
         context.save_userdata()
-    if (outcomes is not None and status == Status.SUCCEEDED and run.task_id is None
+    if (outcomes is not None and status == Status.SUCCEEDED
+            and (run.task_id is None or not run.exclusive)
             and not signals.run_finished.has_listeners(definition)):
         run.status, run.result, run.finished_at = status, outcome.get("result"), now
         outcomes.put(run)
@@ -513,6 +549,38 @@ def _settle(run: Run, definition, context: TaskContext | None, status: str,
             logger.info("Run %s will be retried as run %s at %s",
                         run.pk, retry.pk, retry.not_before)
     signals.run_finished.send(sender=definition, run=run, status=status)
+
+
+def _start_task(run: Run) -> str | None:
+    """Set ``running`` on the standing task of ``run``; on PostgreSQL, return the
+    name of the task's row, and load the row onto ``run.task`` in the same
+    statement when the run will need it (a context, or a seed-style row).
+
+    ``Task.running`` is bookkeeping for people (the admin, ``sisy_list``); the
+    runs hold the truth. On PostgreSQL it is committed as outcomes are
+    (``DURABLE_RESULTS``), and cleared by the statement that stores the
+    run's outcome (:func:`_outcome_sql`). Read apart and written in two more
+    durable statements, it made a worker drain a backlog of runs of standing
+    tasks at a fifteenth of the rate of one-shot runs.
+    """
+    conn = connections[DEFAULT_DB_ALIAS]
+    if conn.vendor != "postgresql":
+        Task.objects.filter(pk=run.task_id).update(running=True)
+        return None
+    registered = registry.get(run.task_name) if run.task_name in registry else None
+    load = registered is None or registered.takes_context
+    returning = f"RETURNING {_columns(Task)[1] if load else 'name'}"
+    update, where = f"UPDATE {Task._meta.db_table} SET running = true", "WHERE id = %s"
+    row, _ = execute_write(
+        conn, f"{update} {where} {returning}", [run.task_id],
+        durable=get_settings().DURABLE_RESULTS,
+        async_sql=f"{update} FROM {ASYNC_COMMIT} {where} {returning}")
+    if row is None:
+        raise Task.DoesNotExist("Task matching query does not exist.")
+    if not load:
+        return row[0]
+    run.task = _from_rows([row], DEFAULT_DB_ALIAS, Task)[0]
+    return run.task.name
 
 
 @dataclasses.dataclass
@@ -531,9 +599,8 @@ def prepare(run: Run) -> Prepared:
     so that at the slot only the call is left.
     """
     try:
-        definition = _definition_for(run)
-        if run.task_id is not None:
-            Task.objects.filter(pk=run.task_id).update(running=True)
+        row_name = _start_task(run) if run.task_id is not None else None
+        definition = _definition_for(run, row_name)
         context = TaskContext(definition, run, run.task) if definition.takes_context else None
     except BaseException as exc:  # reported as the run's failure by execute()
         return Prepared(error=exc)

@@ -14,12 +14,14 @@ one statement). A worker claims together only runs it expects to finish
 within ``CLAIM_AHEAD`` (50 ms), so no outcome waits longer than that for the
 rest of its batch; runs claimed alone are handed over at once.
 
-Only plain successes go this way (see :func:`sisy.execution.execute`):
-failures (which may queue a retry), runs of a ``Task`` row (whose ``running``
-flag is cleared too) and runs whose ``run_finished`` signal has receivers
-(which may expect the stored outcome) are written by the worker itself, as
-before. A run handed over stays among the worker's claims until its outcome
-is written, so that the worker never puts it back in the queue after a
+Only plain successes go this way (see :func:`sisy.execution.execute`), a
+standing task's run with its task's ``running`` flag cleared in the same
+statement: failures (which may queue a retry), runs of a task that forbids
+overlap (its next run must not find this one still running) and runs whose
+``run_finished`` signal has receivers (which may expect the stored outcome)
+are written by the worker itself. A run handed over stays among the
+worker's claims until its outcome is written, so that the worker never puts
+it back in the queue after a
 database error. If the process is killed between the two, the run is found
 ``running`` under a worker that no longer heart-beats and is settled as lost,
 as a run killed mid-call is.

@@ -336,6 +336,52 @@ def test_progress_is_written_at_the_end_only_when_a_call_was_folded(steps, total
     assert (run.progress_done, run.progress_total, run.progress_note) == saved
 
 
+@pytest.mark.postgres
+@pytest.mark.parametrize("name, args, reads_row", [
+    ("exec.task_running", [], True),   # takes a context: the Task row comes back at once
+    ("tests.testapp.tasks.add", [2, 3], False),  # needs the row's name only
+])
+def test_a_standing_task_run_is_marked_and_settled_in_two_statements(name, args, reads_row):
+    """On PostgreSQL the run's ``Task`` row is marked running (and read, when the run
+    needs it) in one statement, and cleared by the statement that stores the outcome."""
+    row = Task.objects.create(name=f"standing-{name}", schedule="* * * * *")
+    now = timezone.now()
+    run = Run.objects.create(task=row, task_name=name, args=args, channel="sisy.run_task",
+                             scheduled_for=now, not_before=now)
+    claimed = claim(run.pk, "w")
+    with CaptureQueriesContext(connection) as queries:
+        execute(claimed, manage_connections=False)
+    statements = [q["sql"] for q in queries.captured_queries if "sisy_task" in q["sql"]
+                  or "sisy_run" in q["sql"]]
+    returning = statements[0].split("RETURNING ")[1]
+    assert statements[0].startswith('UPDATE sisy_task SET running = true WHERE id = ')
+    assert ("userdata" in returning) is reads_row and "name" in returning
+    assert statements[-1].startswith("WITH stored AS (UPDATE sisy_run SET status = ")
+    assert "UPDATE sisy_task SET running = false" in statements[-1]
+    body = statements[1:-1]  # the task body's own query, and nothing else
+    assert [sql.split(",")[0] for sql in body] == (
+        ['SELECT "sisy_task"."id"'] if reads_row else []), statements
+    run.refresh_from_db()
+    row.refresh_from_db()
+    assert (run.status, run.result, row.running) == (
+        "succeeded", True if reads_row else 5, False)
+
+
+@pytest.mark.postgres
+def test_a_standing_task_run_of_a_deleted_task_fails_and_says_so():
+    row = Task.objects.create(name="standing-gone", schedule="* * * * *")
+    now = timezone.now()
+    run = Run.objects.create(task=row, task_name="tests.testapp.tasks.add", args=[1],
+                             channel="sisy.run_task", scheduled_for=now, not_before=now)
+    claimed = claim(run.pk, "w")
+    Task.objects.filter(pk=row.pk).delete()  # the run keeps its copy of the task id
+    execute(claimed, manage_connections=False)
+    run.refresh_from_db()
+    assert (run.status, run.error_type) == ("failed", "sisy.models.Task.DoesNotExist")
+    assert run.error.startswith("sisy.models.Task.DoesNotExist: Task matching query does not "
+                                "exist.")
+
+
 def test_inline_call_with_context_gets_an_inline_context():
     assert tasks.with_progress(steps=2) == {"attempt": 1, "run": None}
 
@@ -1283,6 +1329,46 @@ def test_a_worker_writes_the_outcomes_of_a_claimed_batch_together_after_its_last
     worker._run_all(worker._claim(claim, lone.pk, "bg"))
     assert worker._outcomes.flush(timeout=10)
     assert statements[1:] == [[lone.pk]]
+    worker._outcomes.close(timeout=10)
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_standing_runs_outcomes_go_to_the_writer_unless_their_task_forbids_overlap(
+        monkeypatch):
+    """A standing task's run that may overlap is written by the writer thread with the
+    rest of its batch, its task's ``running`` flag cleared by the same statement; one of
+    a task that forbids overlap is written before the worker goes on (the next run of
+    its task must not find it still running)."""
+    from sisy import execution
+
+    handed = []
+
+    def spy(runs):
+        handed.append(sorted(run.pk for run in runs))
+        return real(runs)
+
+    real = execution.store_outcomes
+    monkeypatch.setattr(execution, "store_outcomes", spy)
+    now = timezone.now()
+    free = [Task.objects.create(name=f"free-{i}", schedule="* * * * *") for i in range(2)]
+    solo = Task.objects.create(name="solo", schedule="* * * * *", allow_overlap=False)
+    runs = [Run.objects.create(task=row, task_name="tests.testapp.tasks.add", args=[i],
+                               channel="sisy.run_task", scheduled_for=now, not_before=now,
+                               exclusive=row is solo)
+            for i, row in enumerate([*free, solo])]
+    one_shot = tasks.add.delay(7)
+    worker = Worker(["sisy.run_task"], name="bg")
+    worker.seconds_per_run = 0.001  # short runs: claimed ten at a time
+    assert worker.drain() == 4
+    assert worker._outcomes.flush(timeout=10)
+    assert handed == [sorted([runs[0].pk, runs[1].pk, one_shot.pk])]
+    assert set(Run.objects.values_list("status", "result")) == {("succeeded", 0),
+                                                                ("succeeded", 1),
+                                                                ("succeeded", 2),
+                                                                ("succeeded", 7)}
+    assert list(Task.objects.filter(running=True)) == []
+    assert worker._held == set()
     worker._outcomes.close(timeout=10)
 
 

@@ -1,10 +1,11 @@
 """How fast one worker drains a backlog, beside a bare floor, on PostgreSQL.
 
-    python -m extra.bench.drain_bench [--tasks 5000] [--batches 3] [--context]
+    python -m extra.bench.drain_bench [--tasks 5000] [--batches 3] [--context | --standing]
 
-Queues ``--tasks`` no-op runs (with ``--context``, of a no-op that takes a
-context, ``takes_context=True``) (``.delay()`` in one transaction; their wake-ups
-go to Redis and are left there), then drains them in this process, timed
+Queues ``--tasks`` no-op runs (``.delay()`` in one transaction; their
+wake-ups go to Redis and are left there; with ``--context``, of a no-op that
+takes a context; with ``--standing``, each of a standing ``Task`` row of its
+own, written as the scheduler writes them), then drains them in this process, timed
 from the first claim until every outcome is stored, in two ways taken in
 turn:
 
@@ -43,17 +44,21 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=5000, help="queued runs per drain")
     parser.add_argument("--batches", type=int, default=3, help="drains per way; median shown")
-    parser.add_argument("--context", action="store_true",
-                        help="Sisy's runs are of a no-op task with takes_context=True")
+    kind = parser.add_mutually_exclusive_group()
+    kind.add_argument("--context", action="store_true",
+                      help="Sisy's runs are of a no-op task with takes_context=True")
+    kind.add_argument("--standing", action="store_true",
+                      help="each run belongs to a standing Task row of its own")
     args = parser.parse_args(argv)
     common.setup_django("pg")
 
     from django.db import connection, transaction
+    from django.utils import timezone
 
     from extra.bench.benchapp.tasks import noop, noop_context
     from sisy import dispatch
     from sisy.conf import get_settings
-    from sisy.models import Run
+    from sisy.models import Run, Task
     from sisy.worker import Worker
 
     channel = get_settings().RUN_TASK_CHANNEL
@@ -84,8 +89,18 @@ def main(argv=None) -> None:
             Run.objects.all().delete()
             with connection.cursor() as cursor:
                 cursor.execute(f"VACUUM ANALYZE {Run._meta.db_table}")
+            Task.objects.filter(name__startswith="bench.standing-").delete()
             with transaction.atomic():
-                for i in range(args.tasks):
+                if args.standing:  # what the scheduler writes when the tasks come due
+                    now = timezone.now()
+                    rows = Task.objects.bulk_create(
+                        [Task(name=f"bench.standing-{i}", schedule="* * * * *")
+                         for i in range(args.tasks)])
+                    Run.objects.bulk_create(
+                        [Run(task=row, task_name=noop.name, args=[i], channel=channel,
+                             scheduled_for=now, not_before=now)
+                         for i, row in enumerate(rows)])
+                for i in range(0 if args.standing else args.tasks):
                     (noop_context if args.context else noop).delay(i)
             dispatch.sender.flush()
             db, cpu, began = server_seconds()["db"], time.process_time(), time.perf_counter()
@@ -96,6 +111,7 @@ def main(argv=None) -> None:
             figures[name].append((done / seconds, (time.process_time() - cpu) / done * 1e6,
                                   (server_seconds()["db"] - db) / done * 1e6))
     Run.objects.all().delete()
+    Task.objects.filter(name__startswith="bench.standing-").delete()
     floor.close()
     rows = [(name, f"{common.median([f[0] for f in values]):,.0f}",
              f"{min(f[0] for f in values):,.0f}–{max(f[0] for f in values):,.0f}",

@@ -71,6 +71,12 @@ def with_progress(context, steps: int = 5, total: int | None = None):
     return {"attempt": context.attempt, "run": context.run.pk if context.run else None}
 
 
+@sisy.task(name="exec.task_running", takes_context=True)
+def task_running(context):
+    """Whether the database says this run's standing task is running, read by the body."""
+    return type(context.task).objects.get(pk=context.task.pk).running
+
+
 @sisy.task(name="exec.async")
 async def async_add(a: int, b: int) -> int:
     import asyncio
