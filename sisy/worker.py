@@ -421,7 +421,9 @@ class Worker:
         tasks that forbid overlap (standing tasks, by default) are claimed one
         by one, before a batch, so that a long backlog of one-shot runs does
         not hold back a slot that is due; after a look that found none, the
-        next is skipped for :data:`EXCLUSIVE_EVERY` seconds. Right after a
+        next is skipped for :data:`EXCLUSIVE_EVERY` seconds; and while they are
+        found, a batch claim that found nothing is not repeated for as long
+        (it reads past every one of them queued). Right after a
         wake-up (``exclusive=False``) the first look skips them: the wake-up
         named its run directly. A batch that comes back less than full means
         the worker has caught up: it stops, and takes the runs queued since
@@ -433,6 +435,7 @@ class Worker:
         done = 0
         self.last_drain = time.monotonic()
         looked = float("-inf")  # when the last look for exclusive runs found none
+        emptied = float("-inf")  # when the last batch claim found none
         self._tidy_connections()
         while not self.stop_event.is_set():
             found = []
@@ -442,7 +445,14 @@ class Worker:
                     looked = time.monotonic()
             exclusive = True  # from the second batch on: a backlog is being drained
             limit = self.claim_limit()
-            batch = self._claim(claim_batch, self.channels, self.name, limit=limit)
+            batch = []
+            # While a backlog of exclusive runs is drained one by one, a batch claim
+            # that found nothing is not repeated for EXCLUSIVE_EVERY seconds: it reads
+            # past every exclusive run queued (the index holds all queued runs).
+            if not found or time.monotonic() - emptied >= EXCLUSIVE_EVERY:
+                batch = self._claim(claim_batch, self.channels, self.name, limit=limit)
+                if not batch:
+                    emptied = time.monotonic()
             if not found and not batch:
                 break
             done += self._run_all(found + batch)

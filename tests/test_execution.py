@@ -1084,6 +1084,30 @@ def test_a_draining_worker_looks_for_runs_that_forbid_overlap_at_most_every_so_o
     assert sorted(order) == sorted(run.pk for run in backlog + slots)
 
 
+@pytest.mark.parametrize("every, batches", [(3600, 2), (0, 5)])
+def test_while_runs_that_forbid_overlap_are_drained_an_empty_batch_claim_waits(
+        monkeypatch, every, batches):
+    """A batch claim reads past every queued run that forbids overlap: once one found
+    nothing, the next is skipped for EXCLUSIVE_EVERY while such runs are found one by
+    one (the last, which finds nothing of either kind, ends the drain)."""
+    monkeypatch.setattr("sisy.worker.EXCLUSIVE_EVERY", every)
+    now = timezone.now()
+    slots = [Run.objects.create(
+        task=Task.objects.create(name=f"slot-{i}", schedule="* * * * *", allow_overlap=False),
+        task_name="exec.mark", args=[f"slot-{i}"], channel="sisy.run_task", scheduled_for=now,
+        not_before=now, exclusive=True) for i in range(4)]
+    worker = Worker(name="w", manage_connections=False)
+    calls = []
+    claim_ = worker._claim
+    monkeypatch.setattr(worker, "_claim", lambda func, *a, **k: calls.append(
+        func.__name__) or claim_(func, *a, **k))
+    assert worker.drain() == 4
+    assert calls.count("claim_exclusive") == 5
+    assert calls.count("claim_batch") == batches
+    assert set(Run.objects.filter(pk__in=[run.pk for run in slots]).values_list(
+        "status", flat=True)) == {"succeeded"}
+
+
 def test_a_drain_stops_once_a_batch_comes_back_less_than_full(monkeypatch):
     """It has caught up: runs queued from then on are taken through their wake-ups,
     several per pop, not by claims of a run or two racing the producer."""

@@ -1,11 +1,13 @@
 """How fast one worker drains a backlog, beside a bare floor, on PostgreSQL.
 
-    python -m extra.bench.drain_bench [--tasks 5000] [--batches 3] [--context | --standing]
+    python -m extra.bench.drain_bench [--tasks 5000] [--batches 3]
+                                      [--context | --standing [--overlap]]
 
 Queues ``--tasks`` no-op runs (``.delay()`` in one transaction; their
 wake-ups go to Redis and are left there; with ``--context``, of a no-op that
 takes a context; with ``--standing``, each of a standing ``Task`` row of its
-own, written as the scheduler writes them), then drains them in this process, timed
+own that forbids overlap (``--overlap``: allows it), written as the scheduler
+writes them), then drains them in this process, timed
 from the first claim until every outcome is stored, in two ways taken in
 turn:
 
@@ -33,10 +35,12 @@ from extra.bench import common
 from extra.bench.cpu import server_seconds
 from extra.bench.durable_floor import OUTCOME
 
-#: The floor's claim: the ten oldest due one-shot runs, as ``claim_batch`` chooses them.
+#: The floor's claim: the ten oldest due runs that allow overlap, as ``claim_batch``
+#: chooses them (with ``--standing`` alone, of the tasks that forbid it: the floor
+#: knows no overlap).
 CLAIM = ("UPDATE sisy_run SET status = 'running', started_at = now(), worker = 'floor' "
          "WHERE id IN (SELECT id FROM sisy_run WHERE status = 'queued' AND not_before <= now() "
-         "AND channel = %s AND NOT exclusive ORDER BY not_before, id LIMIT 10 "
+         "AND channel = %s AND exclusive = %s ORDER BY not_before, id LIMIT 10 "
          "FOR UPDATE SKIP LOCKED) RETURNING id, args")
 
 
@@ -48,7 +52,10 @@ def main(argv=None) -> None:
     kind.add_argument("--context", action="store_true",
                       help="Sisy's runs are of a no-op task with takes_context=True")
     kind.add_argument("--standing", action="store_true",
-                      help="each run belongs to a standing Task row of its own")
+                      help="each run belongs to a standing Task row of its own, which "
+                           "forbids overlap, as @sisy.periodic's do by default")
+    parser.add_argument("--overlap", action="store_true",
+                        help="with --standing: the tasks allow overlap")
     args = parser.parse_args(argv)
     common.setup_django("pg")
 
@@ -62,6 +69,7 @@ def main(argv=None) -> None:
     from sisy.worker import Worker
 
     channel = get_settings().RUN_TASK_CHANNEL
+    exclusive = args.standing and not args.overlap
     floor = common.bare_connection()
     floor.execute("SET plan_cache_mode = force_custom_plan")  # as durable_floor.py
 
@@ -75,7 +83,7 @@ def main(argv=None) -> None:
 
     def bare() -> int:
         done = 0
-        while rows := floor.execute(CLAIM, (channel,), prepare=True).fetchall():
+        while rows := floor.execute(CLAIM, (channel, exclusive), prepare=True).fetchall():
             for _, arguments in rows:
                 noop.__wrapped__(*arguments)
             floor.execute(OUTCOME, ([run_id for run_id, _ in rows],), prepare=True)
@@ -94,11 +102,11 @@ def main(argv=None) -> None:
                 if args.standing:  # what the scheduler writes when the tasks come due
                     now = timezone.now()
                     rows = Task.objects.bulk_create(
-                        [Task(name=f"bench.standing-{i}", schedule="* * * * *")
-                         for i in range(args.tasks)])
+                        [Task(name=f"bench.standing-{i}", schedule="* * * * *",
+                              allow_overlap=args.overlap) for i in range(args.tasks)])
                     Run.objects.bulk_create(
                         [Run(task=row, task_name=noop.name, args=[i], channel=channel,
-                             scheduled_for=now, not_before=now)
+                             scheduled_for=now, not_before=now, exclusive=exclusive)
                          for i, row in enumerate(rows)])
                 for i in range(0 if args.standing else args.tasks):
                     (noop_context if args.context else noop).delay(i)
