@@ -105,16 +105,34 @@ def _from_rows(cursor_rows, using: str, model=Run) -> list:
 
 
 def _claim_sql(where: str, params: list, worker: str, now: datetime,
-               using: str = DEFAULT_DB_ALIAS) -> list[Run]:
-    """``UPDATE ... SET status='running' WHERE <where> RETURNING *`` in one round trip."""
+               using: str = DEFAULT_DB_ALIAS, *, start_tasks: bool = False) -> list[Run]:
+    """``UPDATE ... SET status='running' WHERE <where> RETURNING *`` in one round trip.
+
+    ``start_tasks`` (runs of standing tasks, expected): on PostgreSQL the same
+    statement sets ``running`` on their tasks (:func:`_start_task`), and
+    notes each task's name on its run for :func:`prepare`.
+    """
     _, returning = _columns()
     table = Run._meta.db_table
     sql = (f"UPDATE {table} SET status = %s, started_at = %s, worker = %s "
            f"WHERE {where} RETURNING {returning}")
     conn = connections[using]
+    start_tasks = start_tasks and conn.vendor == "postgresql"
+    if start_tasks:
+        sql = (f"WITH claimed AS ({sql}), started AS (UPDATE {Task._meta.db_table} "
+               f"SET running = true WHERE id IN (SELECT task_id FROM claimed) "
+               f"RETURNING id, name) SELECT claimed.*, started.name FROM claimed "
+               f"LEFT JOIN started ON started.id = claimed.task_id")
     with fast_cursor(conn) as cursor:
         cursor.execute(sql, [Status.RUNNING, now, worker, *params])
-        return _from_rows(cursor.fetchall(), using)
+        rows = cursor.fetchall()
+    if not start_tasks:
+        return _from_rows(rows, using)
+    runs = _from_rows([row[:-1] for row in rows], using)
+    for run, row in zip(runs, rows, strict=True):
+        if run.task_id is not None and row[-1] is not None:
+            run._sisy_task_name = row[-1]  # its task is marked running: see prepare()
+    return runs
 
 
 def _savepoint():
@@ -143,12 +161,13 @@ def _waiting_sql(channels: list[str], now: datetime, limit: int, *,
 
 
 def claim(run_id: int, worker: str, *, name: str | None = None,
-          now: datetime | None = None) -> Run | None:
+          now: datetime | None = None, standing: bool = False) -> Run | None:
     """Move run ``run_id`` from queued to running for ``worker``; return it or ``None``.
 
     ``None`` means somebody else claimed it, it is not queued, not due yet,
     its task name is not ``name`` (when given), or it was skipped because
-    another run of its task is running.
+    another run of its task is running. ``standing``: the run is expected to
+    be a standing task's, whose ``running`` flag the claim then sets too.
     """
     now = now or timezone.now()
     # The primary key is the only index this may use (see _named_sql): "|| ''" keeps
@@ -160,7 +179,7 @@ def claim(run_id: int, worker: str, *, name: str | None = None,
         params.append(name)
     try:
         with _savepoint():
-            runs = _claim_sql(where, params, worker, now)
+            runs = _claim_sql(where, params, worker, now, start_tasks=standing)
     except IntegrityError:
         _skip_overlap(run_id, now)
         return None
@@ -257,18 +276,33 @@ def claim_next(channels: list[str], worker: str, *, now: datetime | None = None)
 
 def claim_exclusive(channels: list[str], worker: str, *,
                     now: datetime | None = None) -> Run | None:
-    """Claim one due run of a task that forbids overlap (see ``sisy_run_no_overlap``)."""
+    """Claim one due run of a task that forbids overlap (see ``sisy_run_no_overlap``).
+
+    One statement chooses the oldest, claims it and sets its task's
+    ``running`` flag. When that run may not start (another run of its task
+    is running), the candidates are claimed one by one with :func:`claim`,
+    which records the skip.
+    """
     now = now or timezone.now()
     # A worker asks this before each batch it drains: one cheap statement on the
     # "sisy_run_queued_exclusive" index, which holds only queued runs of such tasks.
     marks = ", ".join(["%s"] * len(channels))
-    sql = (f"SELECT id FROM {Run._meta.db_table} WHERE status = %s AND exclusive "
-           f"AND not_before <= %s AND channel IN ({marks}) ORDER BY not_before, id LIMIT 5")
+    choose = (f"SELECT id FROM {Run._meta.db_table} WHERE status = %s AND exclusive "
+              f"AND not_before <= %s AND channel IN ({marks}) ORDER BY not_before, id")
+    params = [Status.QUEUED, now, *channels]
+    try:
+        with _savepoint():
+            runs = _claim_sql(f"id = ({choose} LIMIT 1{_skip_locked()})", params, worker, now,
+                              start_tasks=True)
+    except IntegrityError:
+        pass
+    else:
+        return runs[0] if runs else None
     with fast_cursor(connection) as cursor:
-        cursor.execute(sql, [Status.QUEUED, now, *channels])
+        cursor.execute(f"{choose} LIMIT 5", params)
         candidates = [row[0] for row in cursor.fetchall()]
     for candidate in candidates:
-        run = claim(candidate, worker, now=now)
+        run = claim(candidate, worker, now=now, standing=True)
         if run is not None:
             return run
     return None
@@ -599,7 +633,9 @@ def prepare(run: Run) -> Prepared:
     so that at the slot only the call is left.
     """
     try:
-        row_name = _start_task(run) if run.task_id is not None else None
+        row_name = run.__dict__.pop("_sisy_task_name", None)  # marked by its claim
+        if run.task_id is not None and row_name is None:
+            row_name = _start_task(run)
         definition = _definition_for(run, row_name)
         context = TaskContext(definition, run, run.task) if definition.takes_context else None
     except BaseException as exc:  # reported as the run's failure by execute()

@@ -40,7 +40,7 @@ from sisy.execution import (
     prepare,
     release,
 )
-from sisy.models import Run
+from sisy.models import Run, Task
 from sisy.models import Worker as WorkerRow
 from sisy.outcomes import OutcomeWriter
 
@@ -256,7 +256,10 @@ class Worker:
         with self._claims_lock:
             stuck = Run.objects.filter(status=Run.Status.RUNNING, worker=self.name).exclude(
                 pk__in=list(self._held))
+            tasks = set(stuck.exclude(task=None).values_list("task_id", flat=True))
             count = stuck.update(status=Run.Status.QUEUED, worker="", started_at=None)
+            if tasks:  # a claim may have set their running flag (as release() clears it)
+                Task.objects.filter(pk__in=tasks).update(running=False)
         if count:
             logger.warning("Worker %s put %d runs it had claimed without knowing back in "
                            "the queue after a database error.", self.name, count)
@@ -307,7 +310,8 @@ class Worker:
                 return ran, len(batch) - ran >= limit - 1
         # A slot fired ahead is claimed ahead too, so that it starts on the dot.
         claim_time = timezone.now() + timedelta(seconds=early)
-        claimed = self._claim(claim, run_id, self.name, name=name, now=claim_time)
+        claimed = self._claim(claim, run_id, self.name, name=name, now=claim_time,
+                              standing=at is not None)  # a slot's wake-up carries "at"
         self.contended = not claimed
         if not claimed:
             logger.debug("Run %s (%s) was not claimable; another worker has it.", run_id, name)

@@ -152,6 +152,40 @@ def test_exclusive_runs_of_one_task_never_run_together():
     assert b.error == "Skipped: another run of this task was still running (allow_overlap=False)."
 
 
+def test_a_run_that_forbids_overlap_is_chosen_claimed_and_its_task_marked_at_once():
+    """One statement on PostgreSQL; when the oldest may not start (another run of its
+    task is running), that one is recorded as skipped and the next is claimed."""
+    from sisy.execution import claim_exclusive
+
+    now = timezone.now()
+    busy, free = (Task.objects.create(name=name, schedule="* * * * *", allow_overlap=False)
+                  for name in ("busy", "free"))
+    running, waiting, other = (
+        Run.objects.create(task=task, task_name="tests.testapp.tasks.add", args=[i],
+                           channel="sisy.run_task", scheduled_for=now + timedelta(seconds=i),
+                           not_before=now - timedelta(seconds=10 - i), exclusive=True)
+        for i, task in enumerate((busy, busy, free)))
+    with CaptureQueriesContext(connection) as queries:
+        first = claim_exclusive(["sisy.run_task"], "w1")
+    statements = [q["sql"] for q in queries.captured_queries if "SAVEPOINT" not in q["sql"]]
+    postgres = connection.vendor == "postgresql"
+    assert first.pk == running.pk and first.status == "running"
+    assert [sql.split()[0] for sql in statements] == ["WITH" if postgres else "UPDATE"]
+    assert Task.objects.get(pk=busy.pk).running is postgres  # elsewhere: prepare() sets it
+    second = claim_exclusive(["sisy.run_task"], "w2")  # "waiting" may not start
+    assert second.pk == other.pk
+    waiting.refresh_from_db()
+    assert (waiting.status, waiting.error) == (
+        "skipped", "Skipped: another run of this task was still running (allow_overlap=False).")
+    with CaptureQueriesContext(connection) as queries:
+        execute(second, manage_connections=False)  # its task is marked: no statement for it
+    statements = [q["sql"] for q in queries.captured_queries if "SAVEPOINT" not in q["sql"]]
+    assert len(statements) == (1 if postgres else 4), statements
+    assert (Task.objects.get(pk=free.pk).running, Run.objects.get(pk=other.pk).result) == (
+        False, 2)
+    assert claim_exclusive(["sisy.run_task"], "w3") is None
+
+
 def test_a_wakeup_claims_its_run_first_and_a_batch_of_waiting_runs_in_one_statement():
     from sisy.execution import claim_wakeup
 
@@ -566,9 +600,23 @@ def _redis_layer(settings, **config):
     return get_channel_layer()
 
 
+def _receive_all(layer, channel: str) -> list[dict]:
+    """Every message ``channel`` holds, through the layer's own ``receive``."""
+    import asyncio
+
+    async def receive_all():
+        got = []
+        while True:
+            try:
+                got.append(await asyncio.wait_for(layer.receive(channel), 0.5))
+            except TimeoutError:
+                return got
+
+    return asyncio.run(receive_all())
+
+
 @pytest.mark.redis
 def test_batched_wake_ups_are_ordinary_channels_redis_messages_trimmed_to_capacity(settings):
-    import asyncio
 
     from sisy.dispatch import run_message, sender
 
@@ -578,15 +626,7 @@ def test_batched_wake_ups_are_ordinary_channels_redis_messages_trimmed_to_capaci
     sender.send(layer, ((run.channel, run_message(run)) for run in runs))
     assert sender.flush(timeout=5)
 
-    async def receive_all():
-        got = []
-        while True:
-            try:
-                got.append(await asyncio.wait_for(layer.receive("sisy.batch"), 0.5))
-            except TimeoutError:
-                return got
-
-    received = asyncio.run(receive_all())
+    received = _receive_all(layer, "sisy.batch")
     assert sorted(m["run"] for m in received) == [4, 5, 6, 7, 8]
     assert all(m["type"] == "sisy.run" and m["name"] == "tests.testapp.tasks.add"
                for m in received)
@@ -662,17 +702,9 @@ def test_a_wake_up_drops_expired_messages_keeps_the_newest_and_refreshes_the_exp
     sender.send(layer, [message(i) for i in range(2, 7)])  # within LINGER: the thread
     assert sender._thread is not None and sender.flush(timeout=5)
 
-    async def receive_all():
-        got = []
-        while True:
-            try:
-                got.append(await asyncio.wait_for(layer.receive("sisy.store"), 0.5))
-            except TimeoutError:
-                return got
-
     assert client.zcard(key) == 3 and 28 <= client.ttl(key) <= 30
     # The newest three; the messages of one batch share a score.
-    assert sorted(m["run"] for m in asyncio.run(receive_all())) == [4, 5, 6]
+    assert sorted(m["run"] for m in _receive_all(layer, "sisy.store")) == [4, 5, 6]
     client.close()
 
 
@@ -974,7 +1006,8 @@ def test_a_drain_claims_as_many_runs_as_end_within_claim_ahead():
     runs = [tasks.mark.delay(f"slow-{i}") for i in range(3)]
     with CaptureQueriesContext(connection) as queries:
         assert worker.drain() == 3
-    claims = [q["sql"] for q in queries if "RETURNING" in q["sql"] and "LIMIT" in q["sql"]]
+    claims = [q["sql"] for q in queries if "RETURNING" in q["sql"] and "LIMIT" in q["sql"]
+              and "NOT exclusive" in q["sql"]]  # batch claims (not the looks for exclusive runs)
     assert len(claims) == 4  # one run per claim, and a last one that finds none
     assert all(Run.objects.get(pk=r.pk).status == "succeeded" for r in runs)
 
@@ -1057,17 +1090,23 @@ def test_a_due_standing_slot_is_not_held_back_by_a_backlog_of_one_shot_runs():
     assert order[-1] == backlog[-1].pk
 
 
+def _slots_that_forbid_overlap(count: int) -> list[Run]:
+    """``count`` due runs of ``exec.mark``, each of a standing task of its own that forbids
+    overlap, as the scheduler queues them."""
+    now = timezone.now()
+    return [Run.objects.create(
+        task=Task.objects.create(name=f"slot-{i}", schedule="* * * * *", allow_overlap=False),
+        task_name="exec.mark", args=[f"slot-{i}"], channel="sisy.run_task", scheduled_for=now,
+        not_before=now, exclusive=True) for i in range(count)]
+
+
 @pytest.mark.parametrize("every, looks", [(3600, 3), (0, 5)])
 def test_a_draining_worker_looks_for_runs_that_forbid_overlap_at_most_every_so_often(
         monkeypatch, every, looks):
     """Before a batch only if its last look found one, or found none EXCLUSIVE_EVERY ago."""
     monkeypatch.setattr("sisy.worker.EXCLUSIVE_EVERY", every)
     backlog = [tasks.mark.delay(f"backlog-{i}") for i in range(45)]
-    now = timezone.now()
-    slots = [Run.objects.create(
-        task=Task.objects.create(name=f"slot-{i}", schedule="* * * * *", allow_overlap=False),
-        task_name="exec.mark", args=[f"slot-{i}"], channel="sisy.run_task", scheduled_for=now,
-        not_before=now, exclusive=True) for i in range(2)]
+    slots = _slots_that_forbid_overlap(2)
     worker = Worker(name="w", manage_connections=False)
     worker.seconds_per_run = 0.001  # short runs: ten per batch
     calls, order = [], []
@@ -1091,11 +1130,7 @@ def test_while_runs_that_forbid_overlap_are_drained_an_empty_batch_claim_waits(
     nothing, the next is skipped for EXCLUSIVE_EVERY while such runs are found one by
     one (the last, which finds nothing of either kind, ends the drain)."""
     monkeypatch.setattr("sisy.worker.EXCLUSIVE_EVERY", every)
-    now = timezone.now()
-    slots = [Run.objects.create(
-        task=Task.objects.create(name=f"slot-{i}", schedule="* * * * *", allow_overlap=False),
-        task_name="exec.mark", args=[f"slot-{i}"], channel="sisy.run_task", scheduled_for=now,
-        not_before=now, exclusive=True) for i in range(4)]
+    slots = _slots_that_forbid_overlap(4)
     worker = Worker(name="w", manage_connections=False)
     calls = []
     claim_ = worker._claim
@@ -1321,22 +1356,28 @@ def test_a_worker_hands_plain_successes_to_its_outcome_writer():
         assert cursor.fetchone() == ("on",)
 
 
+def _spy_on_store_outcomes(monkeypatch) -> list[list[int]]:
+    """The runs of each ``store_outcomes()`` call from now on, by primary key."""
+    from sisy import execution
+
+    calls = []
+    real = execution.store_outcomes
+
+    def spy(runs):
+        calls.append(sorted(run.pk for run in runs))
+        return real(runs)
+
+    monkeypatch.setattr(execution, "store_outcomes", spy)
+    return calls
+
+
 @pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
 def test_a_worker_writes_the_outcomes_of_a_claimed_batch_together_after_its_last_run(
         monkeypatch):
     """Each statement commits, and a commit costs as much as the write: a batch's
     outcomes wait for its last run (at most CLAIM_AHEAD) and go in one statement."""
-    from sisy import execution
-
-    statements = []
-
-    def spy(runs):
-        statements.append(sorted(run.pk for run in runs))
-        return real(runs)
-
-    real = execution.store_outcomes
-    monkeypatch.setattr(execution, "store_outcomes", spy)
+    statements = _spy_on_store_outcomes(monkeypatch)
     runs = [tasks.mark.delay(f"b{i}", sleep=0.005) for i in range(4)]
     worker = Worker(["sisy.run_task"], name="bg")
     worker.seconds_per_run = 0.005  # short runs: claimed ten at a time
@@ -1364,16 +1405,7 @@ def test_standing_runs_outcomes_go_to_the_writer_unless_their_task_forbids_overl
     rest of its batch, its task's ``running`` flag cleared by the same statement; one of
     a task that forbids overlap is written before the worker goes on (the next run of
     its task must not find it still running)."""
-    from sisy import execution
-
-    handed = []
-
-    def spy(runs):
-        handed.append(sorted(run.pk for run in runs))
-        return real(runs)
-
-    real = execution.store_outcomes
-    monkeypatch.setattr(execution, "store_outcomes", spy)
+    handed = _spy_on_store_outcomes(monkeypatch)
     now = timezone.now()
     free = [Task.objects.create(name=f"free-{i}", schedule="* * * * *") for i in range(2)]
     solo = Task.objects.create(name="solo", schedule="* * * * *", allow_overlap=False)
