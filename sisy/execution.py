@@ -60,7 +60,13 @@ Status = Run.Status
 
 
 def _skip_overlap(run_id: int, now: datetime) -> None:
-    Run.objects.filter(pk=run_id, status=Status.QUEUED).update(
+    """Record a standing task's slot that came due during a run of the task as skipped.
+
+    A run that ``.delay()`` queued (no ``Task`` row) stays queued instead: it
+    waits for its turn, and a worker's look at the table claims it once the
+    run before it has ended (:func:`claim_exclusive`).
+    """
+    Run.objects.filter(pk=run_id, status=Status.QUEUED, task__isnull=False).update(
         status=Status.SKIPPED, finished_at=now,
         error="Skipped: another run of this task was still running (allow_overlap=False).",
     )
@@ -165,9 +171,11 @@ def claim(run_id: int, worker: str, *, name: str | None = None,
     """Move run ``run_id`` from queued to running for ``worker``; return it or ``None``.
 
     ``None`` means somebody else claimed it, it is not queued, not due yet,
-    its task name is not ``name`` (when given), or it was skipped because
-    another run of its task is running. ``standing``: the run is expected to
-    be a standing task's, whose ``running`` flag the claim then sets too.
+    its task name is not ``name`` (when given), or another run of its task
+    is running and its task forbids overlap (a standing task's slot is then
+    recorded as skipped; a one-shot run stays queued for its turn).
+    ``standing``: the run is expected to be a standing task's, whose
+    ``running`` flag the claim then sets too.
     """
     now = now or timezone.now()
     # The primary key is the only index this may use (see _named_sql): "|| ''" keeps
@@ -281,15 +289,23 @@ def claim_exclusive(channels: list[str], worker: str, *,
     One statement chooses the oldest, claims it and sets its task's
     ``running`` flag. When that run may not start (another run of its task
     is running), the candidates are claimed one by one with :func:`claim`,
-    which records the skip.
+    which records the skip of a standing task's slot; a one-shot run whose
+    task has a run running is left queued and passed over until it ends.
     """
     now = now or timezone.now()
     # A worker asks this before each batch it drains: one cheap statement on the
     # "sisy_run_queued_exclusive" index, which holds only queued runs of such tasks.
     marks = ", ".join(["%s"] * len(channels))
-    choose = (f"SELECT id FROM {Run._meta.db_table} WHERE status = %s AND exclusive "
-              f"AND not_before <= %s AND channel IN ({marks}) ORDER BY not_before, id")
-    params = [Status.QUEUED, now, *channels]
+    table = Run._meta.db_table
+    # A queued one-shot run whose task has one running waits (see _skip_overlap), and
+    # must not hide the runs behind it: it is not a candidate (the running one is found
+    # through the "sisy_run_no_overlap_one_shot" index).
+    choose = (f"SELECT id FROM {table} WHERE status = %s AND exclusive "
+              f"AND not_before <= %s AND channel IN ({marks}) AND (task_id IS NOT NULL "
+              f"OR NOT EXISTS (SELECT 1 FROM {table} AS other WHERE other.status = %s "
+              f"AND other.exclusive AND other.task_id IS NULL "
+              f"AND other.task_name = {table}.task_name)) ORDER BY not_before, id")
+    params = [Status.QUEUED, now, *channels, Status.RUNNING]
     try:
         with _savepoint():
             runs = _claim_sql(f"id = ({choose} LIMIT 1{_skip_locked()})", params, worker, now,

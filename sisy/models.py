@@ -207,6 +207,12 @@ class Run(models.Model):
                 condition=Q(status="running", exclusive=True),
                 name="sisy_run_no_overlap",
             ),
+            # The same for the runs that .delay() queues (no Task row): by task name.
+            models.UniqueConstraint(
+                fields=["task_name"],
+                condition=Q(status="running", exclusive=True, task__isnull=True),
+                name="sisy_run_no_overlap_one_shot",
+            ),
         ]
         # The table is a queue: every write of a row that is not HOT adds an entry to
         # each index whose condition the row meets. Indexes that only some rows need

@@ -152,6 +152,33 @@ def test_exclusive_runs_of_one_task_never_run_together():
     assert b.error == "Skipped: another run of this task was still running (allow_overlap=False)."
 
 
+def test_one_shot_runs_of_a_task_that_forbids_overlap_wait_for_each_other():
+    """``@sisy.task(allow_overlap=False)``: a run that ``.delay()`` queued while another
+    of its task runs stays queued (not skipped), is passed over without hiding the runs
+    behind it, and is claimed once the other has ended."""
+    from sisy.execution import claim_exclusive
+
+    first, second = tasks.solo_job.delay("a"), tasks.solo_job.delay("b")
+    assert (first.exclusive, second.exclusive, first.task_id) == (True, True, None)
+    other = tasks.add.delay(1)  # another task's run is not held back
+    assert claim(first.pk, "w1") is not None
+    assert claim(second.pk, "w2") is None
+    second.refresh_from_db()
+    assert (second.status, second.error) == ("queued", "")
+    now = timezone.now()
+    slot = Run.objects.create(
+        task=Task.objects.create(name="slot", schedule="* * * * *", allow_overlap=False),
+        task_name="exec.mark", args=["slot"], channel="sisy.run_task", scheduled_for=now,
+        not_before=now + timedelta(seconds=1), exclusive=True)  # due after "second"
+    later = now + timedelta(seconds=2)
+    assert claim_exclusive(["sisy.run_task"], "w2", now=later).pk == slot.pk
+    assert claim_exclusive(["sisy.run_task"], "w2", now=later) is None  # still waiting
+    assert Run.objects.get(pk=second.pk).status == "queued"
+    execute(Run.objects.get(pk=first.pk), manage_connections=False)  # "first" ends
+    assert claim_exclusive(["sisy.run_task"], "w2", now=later).pk == second.pk
+    assert Run.objects.get(pk=other.pk).status == "queued"
+
+
 def test_a_run_that_forbids_overlap_is_chosen_claimed_and_its_task_marked_at_once():
     """One statement on PostgreSQL; when the oldest may not start (another run of its
     task is running), that one is recorded as skipped and the next is claimed."""
@@ -1551,6 +1578,7 @@ def test_a_one_shot_run_is_only_in_the_indexes_every_run_needs():
         "sisy_run_running": True, "sisy_run_by_task": True,
         "sisy_run_finished": True, "sisy_run_retries": True,
         "sisy_run_one_per_slot": True, "sisy_run_no_overlap": True,
+        "sisy_run_no_overlap_one_shot": True,
     }
 
 

@@ -71,6 +71,12 @@ def with_progress(context, steps: int = 5, total: int | None = None):
     return {"attempt": context.attempt, "run": context.run.pk if context.run else None}
 
 
+@sisy.task(name="exec.solo", allow_overlap=False)
+def solo_job(label: str) -> str:
+    """A one-shot task of which only one run may run at a time."""
+    return label
+
+
 @sisy.task(name="exec.task_running", takes_context=True)
 def task_running(context):
     """Whether the database says this run's standing task is running, read by the body."""
