@@ -348,10 +348,6 @@ def _error_text(exc: BaseException) -> tuple[str, str]:
     return name, text
 
 
-def _row_name(run: Run, known: str | None) -> str:
-    return run.task.name if known is None else known
-
-
 def _definition_for(run: Run, row_name: str | None = None):
     """The registered definition of ``run``, or the seed-style row it belongs to
     (``row_name``: the name of the run's ``Task`` row, if known without loading it).
@@ -360,8 +356,9 @@ def _definition_for(run: Run, row_name: str | None = None):
     is found from the row's ``func_info``, which trusted code wrote. The
     message that woke the worker only ever names the run.
     """
-    if (run.task_id is not None and not _row_name(run, row_name)
-            and run.task.func_info):
+    if row_name is None and run.task_id is not None:
+        row_name = run.task.name
+    if run.task_id is not None and not row_name and run.task.func_info:
         return LegacyDefinition.for_task(run.task, run.task_name)
     if run.task_name in registry:
         return registry.get(run.task_name)
@@ -428,9 +425,8 @@ def _outcome_sql(standing: bool = False) -> tuple[str, str]:
     """The outcome ``UPDATE``, and the same committing with ``synchronous_commit = off``.
 
     ``standing``: for a run of a standing task on PostgreSQL, the statement
-    also clears the ``running`` flag of the task (its id is the last
-    parameter), as a second statement did, and returns one row: how many
-    runs it stored.
+    also clears the ``running`` flag of the task, as a second statement did
+    (:func:`_clearing_running`).
     """
     fields = [Run._meta.get_field(name) for name in _OUTCOME_FIELDS]
     assignments = ", ".join(f"{f.column} = %s" for f in fields)
@@ -441,10 +437,15 @@ def _outcome_sql(standing: bool = False) -> tuple[str, str]:
                   f"FROM {ASYNC_COMMIT} {where}")
     if not standing:
         return statements
-    return tuple(f"WITH stored AS ({update} RETURNING id), "
-                 f"idle AS (UPDATE {Task._meta.db_table} SET running = false WHERE id = %s) "
-                 f"SELECT count(*) FROM stored"
-                 for update in statements)
+    return tuple(_clearing_running(f"{update} RETURNING id") for update in statements)
+
+
+def _clearing_running(update: str) -> str:
+    """``update`` (an outcome ``UPDATE ... RETURNING id``), which also clears the
+    ``running`` flag of the tasks whose ids are its last parameter (an array), in the
+    same statement; it returns the ids of the runs it stored, as ``update`` does."""
+    return (f"WITH stored AS ({update}), idle AS (UPDATE {Task._meta.db_table} "
+            f"SET running = false WHERE id = ANY(%s::bigint[])) SELECT id FROM stored")
 
 
 def _store_outcome(run: Run, *, durable: bool, using: str = DEFAULT_DB_ALIAS) -> int:
@@ -465,9 +466,9 @@ def _store_outcome(run: Run, *, durable: bool, using: str = DEFAULT_DB_ALIAS) ->
                   for name in _OUTCOME_FIELDS]
     standing = run.task_id is not None and conn.vendor == "postgresql"
     sql, async_sql = _outcome_sql(standing)
-    params = [*values, run.pk, Status.RUNNING, run.worker, *([run.task_id] if standing else [])]
-    row, count = execute_write(conn, sql, params, durable=durable, async_sql=async_sql)
-    return row[0] if standing else count
+    params = [*values, run.pk, Status.RUNNING, run.worker, *([[run.task_id]] if standing else [])]
+    _, count = execute_write(conn, sql, params, durable=durable, async_sql=async_sql)
+    return count
 
 
 #: How long a worker keeps trying to store an outcome while the database is away.
@@ -512,7 +513,7 @@ def _outcomes_sql(count: int, *, durable: bool, standing: bool = False) -> str:
     """One ``UPDATE ... FROM (VALUES ...)`` storing ``count`` outcomes (PostgreSQL).
 
     ``standing``: the statement also clears the ``running`` flag of the tasks
-    whose ids are its last parameter (an array).
+    whose ids are its last parameter (:func:`_clearing_running`).
     """
     row = "(%s::bigint, %s::text, %s::jsonb, %s::text, %s::text, %s::timestamptz, " \
           "%s::timestamptz, %s::text)"
@@ -524,10 +525,7 @@ def _outcomes_sql(count: int, *, durable: bool, standing: bool = False) -> str:
                             for name in _OUTCOME_FIELDS)
     update = (f"UPDATE {Run._meta.db_table} AS r SET {assignments} FROM {sources} "
               f"WHERE r.id = v.id AND r.status = %s AND r.worker = v.worker RETURNING r.id")
-    if not standing:
-        return update
-    return (f"WITH stored AS ({update}), idle AS (UPDATE {Task._meta.db_table} "
-            f"SET running = false WHERE id = ANY(%s::bigint[])) SELECT id FROM stored")
+    return _clearing_running(update) if standing else update
 
 
 def store_outcomes(runs: list[Run]) -> set[int]:
