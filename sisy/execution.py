@@ -195,15 +195,19 @@ def claim(run_id: int, worker: str, *, name: str | None = None,
 
 
 def claim_batch(channels: list[str], worker: str, *, now: datetime | None = None,
-                limit: int = 1) -> list[Run]:
+                limit: int = 1, standing: bool = False) -> list[Run]:
     """Claim up to ``limit`` due queued runs on ``channels``, oldest first, in one statement.
 
-    Runs of tasks that forbid overlap are left to :func:`claim_next`, which
-    claims them one at a time under the ``sisy_run_no_overlap`` index.
+    Runs of tasks that forbid overlap are left to :func:`claim_exclusive`,
+    which keeps two runs of one such task apart. ``standing``: runs of
+    standing tasks are expected (the last batch held some); on PostgreSQL
+    the statement then sets their tasks' ``running`` flag too, instead of a
+    statement per run in :func:`prepare` (it would cost a batch of one-shot
+    runs 5-8 % of PostgreSQL's time).
     """
     now = now or timezone.now()
     waiting, params = _waiting_sql(channels, now, limit)
-    runs = _claim_sql(f"id IN ({waiting})", params, worker, now)
+    runs = _claim_sql(f"id IN ({waiting})", params, worker, now, start_tasks=standing)
     # RETURNING keeps no order: run them oldest first, as they were chosen.
     return sorted(runs, key=lambda run: (run.not_before, run.pk))
 
@@ -278,52 +282,81 @@ def claim_wakeups(named: list[tuple[int, str]], channels: list[str], worker: str
 def claim_next(channels: list[str], worker: str, *, now: datetime | None = None) -> Run | None:
     """Claim the oldest due queued run on ``channels`` (the polling path)."""
     now = now or timezone.now()
-    runs = claim_batch(channels, worker, now=now, limit=1)
-    return runs[0] if runs else claim_exclusive(channels, worker, now=now)
+    runs = claim_batch(channels, worker, now=now, limit=1) or claim_exclusive(
+        channels, worker, now=now)
+    return runs[0] if runs else None
 
 
-def claim_exclusive(channels: list[str], worker: str, *,
-                    now: datetime | None = None) -> Run | None:
-    """Claim one due run of a task that forbids overlap (see ``sisy_run_no_overlap``).
+#: What keeps two runs apart when their task forbids overlap: the task row, or the
+#: task's name for one-shot runs (the indexes "sisy_run_no_overlap" and
+#: "sisy_run_no_overlap_one_shot").
+_OVERLAP_KEY = "task_id, CASE WHEN task_id IS NULL THEN task_name END"
 
-    One statement chooses the oldest, claims it and sets its task's
-    ``running`` flag. When that run may not start (another run of its task
-    is running), the candidates are claimed one by one with :func:`claim`,
-    which records the skip of a standing task's slot; a one-shot run whose
-    task has a run running is left queued and passed over until it ends.
+
+def claim_exclusive(channels: list[str], worker: str, *, now: datetime | None = None,
+                    limit: int = 1) -> list[Run]:
+    """Claim up to ``limit`` due runs of tasks that forbid overlap, no two of one task,
+    oldest first (see ``sisy_run_no_overlap``).
+
+    One statement chooses them, claims them and sets their tasks' ``running``
+    flag. When one of them may not start (another run of its task is
+    running), the statement fails as a whole, and the candidates are claimed
+    one by one with :func:`claim`, which records the skip of a standing
+    task's slot; a one-shot run whose task has a run running is left queued
+    and passed over until that run ends.
     """
     now = now or timezone.now()
     # A worker asks this before each batch it drains: one cheap statement on the
     # "sisy_run_queued_exclusive" index, which holds only queued runs of such tasks.
     marks = ", ".join(["%s"] * len(channels))
     table = Run._meta.db_table
-    choose = (f"SELECT id FROM {table} WHERE status = %s AND exclusive "
-              f"AND not_before <= %s AND channel IN ({marks})")
+    where = f"status = %s AND exclusive AND not_before <= %s AND channel IN ({marks})"
     params = [Status.QUEUED, now, *channels]
+    if limit <= 1:
+        chosen = (f"id = (SELECT id FROM {table} WHERE {where} ORDER BY not_before, id "
+                  f"LIMIT 1{_skip_locked()})")
+    else:  # of the oldest, the first of each task: the others wait for it
+        chosen = (f"id IN (SELECT id FROM (SELECT id, ROW_NUMBER() OVER (PARTITION BY "
+                  f"{_OVERLAP_KEY} ORDER BY not_before, id) AS nth FROM (SELECT id, task_id, "
+                  f"task_name, not_before FROM {table} WHERE {where} ORDER BY not_before, id "
+                  f"LIMIT %s{_skip_locked()}) AS oldest) AS ranked WHERE nth = 1)")
     try:
         with _savepoint():
-            runs = _claim_sql(f"id = ({choose} ORDER BY not_before, id LIMIT 1{_skip_locked()})",
-                              params, worker, now, start_tasks=True)
+            runs = _claim_sql(chosen, params + ([limit] if limit > 1 else []), worker, now,
+                              start_tasks=True)
     except IntegrityError:
-        pass
-    else:
-        return runs[0] if runs else None
+        return _claim_exclusive_one_by_one(where, params, worker, now, limit)
+    return sorted(runs, key=lambda run: (run.not_before, run.pk))
+
+
+def _claim_exclusive_one_by_one(where: str, params: list, worker: str, now: datetime,
+                                limit: int) -> list[Run]:
+    """:func:`claim_exclusive` after a conflict: candidates claimed one at a time."""
+    table = Run._meta.db_table
     # A queued one-shot run whose task has one running waits (see _skip_overlap) and
     # must not hide the runs behind it: here it is not a candidate (the running run is
     # found through the "sisy_run_no_overlap_one_shot" index). Kept out of the statement
-    # above, which is planned at each call: there it cost a drain of slots 10-18 %.
-    choose += (f" AND (task_id IS NOT NULL OR NOT EXISTS (SELECT 1 FROM {table} AS other "
-               f"WHERE other.status = %s AND other.exclusive AND other.task_id IS NULL "
-               f"AND other.task_name = {table}.task_name)) ORDER BY not_before, id")
-    params.append(Status.RUNNING)
+    # in claim_exclusive(), which is planned at each call: there it cost a drain of
+    # slots 10-18 %.
+    choose = (f"SELECT id, task_id, task_name FROM {table} WHERE {where} AND (task_id IS "
+              f"NOT NULL OR NOT EXISTS (SELECT 1 FROM {table} AS other WHERE other.status = %s "
+              f"AND other.exclusive AND other.task_id IS NULL "
+              f"AND other.task_name = {table}.task_name)) ORDER BY not_before, id LIMIT %s")
     with fast_cursor(connection) as cursor:
-        cursor.execute(f"{choose} LIMIT 5", params)
-        candidates = [row[0] for row in cursor.fetchall()]
-    for candidate in candidates:
-        run = claim(candidate, worker, now=now, standing=True)
+        cursor.execute(choose, [*params, Status.RUNNING, limit + 4])
+        candidates = cursor.fetchall()
+    runs, keys = [], set()
+    for run_id, task_id, task_name in candidates:
+        key = (task_id, task_name if task_id is None else None)
+        if key in keys:
+            continue  # another run of its task was just claimed: it waits for that one
+        run = claim(run_id, worker, now=now, standing=True)
         if run is not None:
-            return run
-    return None
+            runs.append(run)
+            keys.add(key)
+            if len(runs) == limit:
+                break
+    return runs
 
 
 def release(runs: list[Run], worker: str) -> int:
@@ -578,19 +611,23 @@ def _settle(run: Run, definition, context: TaskContext | None, status: str,
 
     A plain success whose ``run_finished`` has no receivers goes to
     ``outcomes`` (an :class:`~sisy.outcomes.OutcomeWriter`), if given, so that
-    the worker need not wait for the write; but not that of a standing task
-    that forbids overlap: its next run must not find this one still running.
+    the worker need not wait for the write; but not that of a task that
+    forbids overlap: its next run must not find this one still running. That
+    one is written by the worker before it claims more, with the rest of its
+    batch when it was claimed in one (:meth:`~sisy.outcomes.OutcomeWriter.hold`).
     """
     now = timezone.now()
     if context is not None:
         context.flush_progress()
         context.save_userdata()
     if (outcomes is not None and status == Status.SUCCEEDED
-            and (run.task_id is None or not run.exclusive)
             and not signals.run_finished.has_listeners(definition)):
         run.status, run.result, run.finished_at = status, outcome.get("result"), now
-        outcomes.put(run)
-        return
+        if not run.exclusive:
+            outcomes.put(run)
+            return
+        if outcomes.hold(run):
+            return
     finish(run, status, now=now, **outcome)
     if status == Status.FAILED and definition is not None:
         retries, backoff = retry_policy(run, definition)

@@ -19,7 +19,9 @@ standing task's run with its task's ``running`` flag cleared in the same
 statement: failures (which may queue a retry), runs of a task that forbids
 overlap (its next run must not find this one still running) and runs whose
 ``run_finished`` signal has receivers (which may expect the stored outcome)
-are written by the worker itself. A run handed over stays among the
+are written by the worker itself -- the successes of tasks that forbid
+overlap together at the end of their batch
+(:meth:`OutcomeWriter.hold`), before it claims more. A run handed over stays among the
 worker's claims until its outcome is written, so that the worker never puts
 it back in the queue after a
 database error. If the process is killed between the two, the run is found
@@ -72,20 +74,39 @@ class OutcomeWriter:
         else:
             self._hand_over([run])
 
+    def hold(self, run: Run) -> bool:
+        """Inside :meth:`gathering`, keep ``run``'s outcome for this thread to write
+        with the others it holds when the block ends, and return True; else False
+        (the caller writes it).
+
+        For a run whose task forbids overlap: its next run must not find it
+        running, so it is written before the worker claims more, but with
+        the rest of its batch, in one statement.
+        """
+        held = getattr(self._local, "held", None)
+        if held is None:
+            return False
+        run._sisy_outcome_pending = True
+        held.append(run)
+        return True
+
     @contextlib.contextmanager
     def gathering(self):
         """Hold the outcomes this thread hands over within the block, and hand them
-        over together when it ends (however it ends), to be written in one statement."""
+        over together when it ends (however it ends), to be written in one statement;
+        those given to :meth:`hold` it writes itself, before it returns."""
         if getattr(self._local, "gathered", None) is not None:  # already gathering
             yield
             return
-        gathered = self._local.gathered = []
+        gathered, held = self._local.gathered, self._local.held = [], []
         try:
             yield
         finally:
-            self._local.gathered = None
+            self._local.gathered = self._local.held = None
             if gathered:
                 self._hand_over(gathered)
+            if held:
+                self._store(held)
 
     def _hand_over(self, runs: list[Run]) -> None:
         """Queue ``runs`` for the writing thread; once it is closed, write them here."""

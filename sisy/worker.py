@@ -181,6 +181,8 @@ class Worker:
         self.seconds_per_run: float | None = None
         #: Whether the last wake-up's run had been taken by another worker.
         self.contended = False
+        #: Whether the last batch claim held runs of standing tasks (see claim_batch).
+        self._standing = False
         #: ``time.monotonic()`` of the last :meth:`drain` (-inf: never).
         self.last_drain = float("-inf")
         #: Runs this process has claimed and not yet finished (all threads), and the
@@ -390,13 +392,18 @@ class Worker:
         throughput on two cores, see "Performance" in the docs). So the worker
         looks only when the run waited more than :data:`BACKLOG_AGE` after it
         was due -- a backlog, which the drain claims in batches -- or when
-        it has not looked for :data:`DRAIN_EVERY` seconds. Clocks of
+        it has not looked for :data:`DRAIN_EVERY` seconds, or after a one-shot
+        run of a task that forbids overlap, which another run of its task
+        may have been waiting for (its wake-up taken by a worker that had to
+        leave it queued). Clocks of
         different hosts only shift when that happens: a producer's clock
         ahead of the worker's means fewer drains, behind it more; the poll
         every ``POLL_INTERVAL`` stays.
         """
         if monotonic_now - self.last_drain >= DRAIN_EVERY:
             return True
+        if run.exclusive and run.task_id is None:
+            return True  # a run of its task may be waiting for this one to end
         return (claimed_at - run.not_before).total_seconds() >= BACKLOG_AGE
 
     def _run_all(self, runs: list) -> int:
@@ -422,9 +429,10 @@ class Worker:
         Runs are claimed up to ``batch_size`` at a time in one statement, as
         many as :meth:`claim_limit` expects to finish within ``CLAIM_AHEAD``
         seconds, so that slow runs are shared by all threads. Runs of
-        tasks that forbid overlap (standing tasks, by default) are claimed one
-        by one, before a batch, so that a long backlog of one-shot runs does
-        not hold back a slot that is due; after a look that found none, the
+        tasks that forbid overlap (standing tasks, by default) are claimed in
+        a batch of their own, no two of one task, before the other runs, so
+        that a long backlog of one-shot runs does not hold back a slot that
+        is due; after a look that found none, the
         next is skipped for :data:`EXCLUSIVE_EVERY` seconds; and while they are
         found, a batch claim that found nothing is not repeated for as long
         (it reads past every one of them queued). Right after a
@@ -443,20 +451,22 @@ class Worker:
         self._tidy_connections()
         while not self.stop_event.is_set():
             found = []
+            limit = self.claim_limit()
             if exclusive and time.monotonic() - looked >= EXCLUSIVE_EVERY:
-                found = self._claim(claim_exclusive, self.channels, self.name)
+                found = self._claim(claim_exclusive, self.channels, self.name, limit=limit)
                 if not found:
                     looked = time.monotonic()
             exclusive = True  # from the second batch on: a backlog is being drained
-            limit = self.claim_limit()
             batch = []
-            # While a backlog of exclusive runs is drained one by one, a batch claim
-            # that found nothing is not repeated for EXCLUSIVE_EVERY seconds: it reads
-            # past every exclusive run queued (the index holds all queued runs).
+            # While a backlog of exclusive runs is drained, a batch claim that found
+            # nothing is not repeated for EXCLUSIVE_EVERY seconds: it reads past every
+            # exclusive run queued (the index holds all queued runs).
             if not found or time.monotonic() - emptied >= EXCLUSIVE_EVERY:
-                batch = self._claim(claim_batch, self.channels, self.name, limit=limit)
+                batch = self._claim(claim_batch, self.channels, self.name, limit=limit,
+                                    standing=self._standing)
                 if not batch:
                     emptied = time.monotonic()
+                self._standing = any(run.task_id is not None for run in batch)
             if not found and not batch:
                 break
             done += self._run_all(found + batch)

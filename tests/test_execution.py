@@ -8,6 +8,7 @@ import datetime
 import decimal
 import logging
 import re
+import threading
 import time
 import uuid
 from datetime import timedelta
@@ -171,12 +172,75 @@ def test_one_shot_runs_of_a_task_that_forbids_overlap_wait_for_each_other():
         task_name="exec.mark", args=["slot"], channel="sisy.run_task", scheduled_for=now,
         not_before=now + timedelta(seconds=1), exclusive=True)  # due after "second"
     later = now + timedelta(seconds=2)
-    assert claim_exclusive(["sisy.run_task"], "w2", now=later).pk == slot.pk
-    assert claim_exclusive(["sisy.run_task"], "w2", now=later) is None  # still waiting
+    assert [run.pk for run in claim_exclusive(["sisy.run_task"], "w2", now=later)] == [slot.pk]
+    assert claim_exclusive(["sisy.run_task"], "w2", now=later) == []  # still waiting
     assert Run.objects.get(pk=second.pk).status == "queued"
     execute(Run.objects.get(pk=first.pk), manage_connections=False)  # "first" ends
-    assert claim_exclusive(["sisy.run_task"], "w2", now=later).pk == second.pk
+    assert [run.pk for run in claim_exclusive(["sisy.run_task"], "w2", now=later)] == [
+        second.pk]
     assert Run.objects.get(pk=other.pk).status == "queued"
+
+
+def _slot(task: Task, seconds_ago: float, label: str = "slot") -> Run:
+    """A due queued run of ``task`` (a standing task that forbids overlap)."""
+    now = timezone.now()
+    return Run.objects.create(
+        task=task, task_name="exec.mark", args=[label], channel="sisy.run_task",
+        scheduled_for=now - timedelta(seconds=seconds_ago),
+        not_before=now - timedelta(seconds=seconds_ago), exclusive=True)
+
+
+def test_runs_that_forbid_overlap_are_claimed_in_a_batch_no_two_of_one_task():
+    """The oldest run of each task, up to ``limit``, in one statement; a task's later
+    run (standing or one-shot) stays queued for its turn, not skipped."""
+    from sisy.execution import claim_exclusive
+
+    a, b = (Task.objects.create(name=name, schedule="* * * * *", allow_overlap=False)
+            for name in ("a", "b"))
+    a1, a2, b1 = _slot(a, 30), _slot(a, 20), _slot(b, 10)
+    solo1, solo2 = tasks.solo_job.delay("1"), tasks.solo_job.delay("2")
+    with CaptureQueriesContext(connection) as queries:
+        claimed = claim_exclusive(["sisy.run_task"], "w", limit=10)
+    statements = [q["sql"] for q in queries.captured_queries if "SAVEPOINT" not in q["sql"]]
+    assert len(statements) == 1
+    assert [run.pk for run in claimed] == [a1.pk, b1.pk, solo1.pk]  # oldest first
+    assert {run.status for run in claimed} == {"running"}
+    assert list(Run.objects.filter(pk__in=[a2.pk, solo2.pk]).values_list(
+        "status", "error")) == [("queued", ""), ("queued", "")]
+    # The limit counts the oldest due runs, before the later runs of a task are left out.
+    Run.objects.filter(pk__in=[run.pk for run in claimed]).delete()
+    c = Task.objects.create(name="c", schedule="* * * * *", allow_overlap=False)
+    c1 = _slot(c, 5)
+    assert [run.pk for run in claim_exclusive(["sisy.run_task"], "w", limit=1)] == [a2.pk]
+    assert [run.pk for run in claim_exclusive(["sisy.run_task"], "w", limit=2)] == [
+        c1.pk, solo2.pk]
+
+
+def test_a_batch_of_runs_that_forbid_overlap_falls_back_to_one_by_one_on_a_conflict():
+    """One run in the batch may not start (its task is running): each other candidate is
+    claimed alone, up to ``limit``, the conflicting slot recorded as skipped, the waiting
+    one-shot left queued, and no second run of a task claimed."""
+    from sisy.execution import claim_exclusive
+
+    busy, free, other = (Task.objects.create(name=name, schedule="* * * * *",
+                                             allow_overlap=False)
+                         for name in ("busy", "free", "other"))
+    running = _slot(busy, 60, "running")
+    assert claim(running.pk, "w0") is not None
+    blocker = tasks.solo_job.delay("blocker")
+    assert claim(blocker.pk, "w0") is not None
+    waiting = tasks.solo_job.delay("waiting")
+    late, free1, free2, other1 = (_slot(busy, 40), _slot(free, 30), _slot(free, 20),
+                                  _slot(other, 10))
+    claimed = claim_exclusive(["sisy.run_task"], "w", limit=5)
+    assert [run.pk for run in claimed] == [free1.pk, other1.pk]
+    statuses = dict(Run.objects.values_list("pk", "status"))
+    assert [statuses[run.pk] for run in (late, free2, waiting)] == [
+        "skipped", "queued", "queued"]
+    assert Run.objects.get(pk=late.pk).error == (
+        "Skipped: another run of this task was still running (allow_overlap=False).")
+    free1.refresh_from_db()
+    assert free1.status == "running"
 
 
 def test_a_run_that_forbids_overlap_is_chosen_claimed_and_its_task_marked_at_once():
@@ -193,13 +257,13 @@ def test_a_run_that_forbids_overlap_is_chosen_claimed_and_its_task_marked_at_onc
                            not_before=now - timedelta(seconds=10 - i), exclusive=True)
         for i, task in enumerate((busy, busy, free)))
     with CaptureQueriesContext(connection) as queries:
-        first = claim_exclusive(["sisy.run_task"], "w1")
+        [first] = claim_exclusive(["sisy.run_task"], "w1")
     statements = [q["sql"] for q in queries.captured_queries if "SAVEPOINT" not in q["sql"]]
     postgres = connection.vendor == "postgresql"
     assert first.pk == running.pk and first.status == "running"
     assert [sql.split()[0] for sql in statements] == ["WITH" if postgres else "UPDATE"]
     assert Task.objects.get(pk=busy.pk).running is postgres  # elsewhere: prepare() sets it
-    second = claim_exclusive(["sisy.run_task"], "w2")  # "waiting" may not start
+    [second] = claim_exclusive(["sisy.run_task"], "w2")  # "waiting" may not start
     assert second.pk == other.pk
     waiting.refresh_from_db()
     assert (waiting.status, waiting.error) == (
@@ -210,7 +274,7 @@ def test_a_run_that_forbids_overlap_is_chosen_claimed_and_its_task_marked_at_onc
     assert len(statements) == (1 if postgres else 4), statements
     assert (Task.objects.get(pk=free.pk).running, Run.objects.get(pk=other.pk).result) == (
         False, 2)
-    assert claim_exclusive(["sisy.run_task"], "w3") is None
+    assert claim_exclusive(["sisy.run_task"], "w3") == []
 
 
 def test_a_wakeup_claims_its_run_first_and_a_batch_of_waiting_runs_in_one_statement():
@@ -303,6 +367,15 @@ def test_after_a_wakeup_the_worker_drains_only_when_behind_or_after_a_while():
     assert worker._handle({"type": "sisy.run", "run": late.pk, "name": "exec.mark"}) == (
         True, True)
     assert worker.drain() == 1 and Run.objects.get(pk=lost.pk).status == "succeeded"
+    # A one-shot run of a task that forbids overlap: a run of its task may be waiting
+    # for it (its wake-up taken by a worker that had to leave it queued), so a drain
+    # follows, which starts that run as soon as this one has ended.
+    worker.last_drain = time.monotonic()
+    first, waiting = tasks.solo_job.delay("first"), tasks.solo_job.delay("waiting")
+    assert worker._handle({"type": "sisy.run", "run": first.pk, "name": "exec.solo"}) == (
+        True, True)
+    assert Run.objects.get(pk=waiting.pk).status == "queued"
+    assert worker.drain() == 1 and Run.objects.get(pk=waiting.pk).result == "waiting"
     # drain_due() itself, with the times given.
     now = timezone.now()
     run = Run(not_before=now)
@@ -1117,6 +1190,29 @@ def test_a_due_standing_slot_is_not_held_back_by_a_backlog_of_one_shot_runs():
     assert order[-1] == backlog[-1].pk
 
 
+@pytest.mark.postgres
+def test_once_a_batch_held_runs_of_standing_tasks_the_next_claims_mark_their_tasks():
+    """The first batch of runs of standing tasks (that allow overlap) sets each task's
+    ``running`` flag in a statement of its own; the claims after it set the flags of
+    their whole batch, and the flags are cleared once the runs are done."""
+    now = timezone.now()
+    runs = [Run.objects.create(
+        task=Task.objects.create(name=f"free-{i}", schedule="* * * * *"),
+        task_name="exec.mark", args=[f"free-{i}"], channel="sisy.run_task",
+        scheduled_for=now, not_before=now) for i in range(25)]
+    worker = Worker(name="w", manage_connections=False)
+    worker.seconds_per_run = 0.001  # short runs: ten per batch
+    with CaptureQueriesContext(connection) as queries:
+        assert worker.drain() == 25
+    statements = [q["sql"] for q in queries.captured_queries if "SAVEPOINT" not in q["sql"]]
+    marks = [sql for sql in statements if sql.startswith("UPDATE sisy_task SET running")]
+    batches = [sql.split()[0] for sql in statements if "NOT exclusive" in sql]
+    assert len(marks) == 10
+    assert batches == ["UPDATE", "WITH", "WITH"]  # 10, 10, 5 runs: caught up
+    assert Run.objects.filter(pk__in=[run.pk for run in runs], status="succeeded").count() == 25
+    assert not Task.objects.filter(running=True).exists()
+
+
 def _slots_that_forbid_overlap(count: int) -> list[Run]:
     """``count`` due runs of ``exec.mark``, each of a standing task of its own that forbids
     overlap, as the scheduler queues them."""
@@ -1127,7 +1223,7 @@ def _slots_that_forbid_overlap(count: int) -> list[Run]:
         not_before=now, exclusive=True) for i in range(count)]
 
 
-@pytest.mark.parametrize("every, looks", [(3600, 3), (0, 5)])
+@pytest.mark.parametrize("every, looks", [(3600, 2), (0, 5)])
 def test_a_draining_worker_looks_for_runs_that_forbid_overlap_at_most_every_so_often(
         monkeypatch, every, looks):
     """Before a batch only if its last look found one, or found none EXCLUSIVE_EVERY ago."""
@@ -1143,8 +1239,8 @@ def test_a_draining_worker_looks_for_runs_that_forbid_overlap_at_most_every_so_o
     monkeypatch.setattr(worker, "_run_claimed", lambda run, prepared=None: order.append(
         run.pk) or run_claimed(run, prepared))
     assert worker.drain() == 47
-    # Each slot is found by a look before a batch; a look that found one looks again.
-    assert order[0] == slots[0].pk and order[11] == slots[1].pk
+    # Both slots are found by a look before a batch; a look that found some looks again.
+    assert order[:2] == [slots[0].pk, slots[1].pk]
     assert calls.count("claim_exclusive") == looks
     assert calls.count("claim_batch") == 5  # 10 + 10 + 10 + 10 + 5: caught up
     assert sorted(order) == sorted(run.pk for run in backlog + slots)
@@ -1159,6 +1255,7 @@ def test_while_runs_that_forbid_overlap_are_drained_an_empty_batch_claim_waits(
     monkeypatch.setattr("sisy.worker.EXCLUSIVE_EVERY", every)
     slots = _slots_that_forbid_overlap(4)
     worker = Worker(name="w", manage_connections=False)
+    worker.seconds_per_run = 1.0  # long runs: claimed one at a time
     calls = []
     claim_ = worker._claim
     monkeypatch.setattr(worker, "_claim", lambda func, *a, **k: calls.append(
@@ -1429,27 +1526,41 @@ def test_a_worker_writes_the_outcomes_of_a_claimed_batch_together_after_its_last
 def test_standing_runs_outcomes_go_to_the_writer_unless_their_task_forbids_overlap(
         monkeypatch):
     """A standing task's run that may overlap is written by the writer thread with the
-    rest of its batch, its task's ``running`` flag cleared by the same statement; one of
-    a task that forbids overlap is written before the worker goes on (the next run of
-    its task must not find it still running)."""
-    handed = _spy_on_store_outcomes(monkeypatch)
+    rest of its batch, its task's ``running`` flag cleared by the same statement; those
+    of tasks that forbid overlap (standing or one-shot) are written by the worker's
+    thread, together at the end of their batch, before it claims more (the next run of a
+    task must not find the last still running)."""
+    from sisy import execution
+
+    events = []
+    store_outcomes = execution.store_outcomes
+    monkeypatch.setattr(execution, "store_outcomes", lambda runs: events.append(
+        (threading.current_thread().name, sorted(run.pk for run in runs)))
+        or store_outcomes(runs))
     now = timezone.now()
     free = [Task.objects.create(name=f"free-{i}", schedule="* * * * *") for i in range(2)]
-    solo = Task.objects.create(name="solo", schedule="* * * * *", allow_overlap=False)
+    solo = [Task.objects.create(name=f"solo-{i}", schedule="* * * * *", allow_overlap=False)
+            for i in range(2)]
     runs = [Run.objects.create(task=row, task_name="tests.testapp.tasks.add", args=[i],
                                channel="sisy.run_task", scheduled_for=now, not_before=now,
-                               exclusive=row is solo)
-            for i, row in enumerate([*free, solo])]
-    one_shot = tasks.add.delay(7)
+                               exclusive=row in solo)
+            for i, row in enumerate([*free, *solo])]
+    one_shot, solo_one_shot = tasks.add.delay(7), tasks.solo_job.delay("8")
     worker = Worker(["sisy.run_task"], name="bg")
     worker.seconds_per_run = 0.001  # short runs: claimed ten at a time
-    assert worker.drain() == 4
+    claim_ = worker._claim
+    monkeypatch.setattr(worker, "_claim", lambda func, *a, **k: events.append(
+        func.__name__) or claim_(func, *a, **k))
+    assert worker.drain() == 6
     assert worker._outcomes.flush(timeout=10)
-    assert handed == [sorted([runs[0].pk, runs[1].pk, one_shot.pk])]
-    assert set(Run.objects.values_list("status", "result")) == {("succeeded", 0),
-                                                                ("succeeded", 1),
-                                                                ("succeeded", 2),
-                                                                ("succeeded", 7)}
+    main = threading.current_thread().name
+    assert [event for event in events if event[0] != "sisy-outcomes"] == [
+        "claim_exclusive", "claim_batch", (main, [runs[2].pk, runs[3].pk, solo_one_shot.pk]),
+        "claim_exclusive", "claim_batch"]
+    assert ("sisy-outcomes", sorted([runs[0].pk, runs[1].pk, one_shot.pk])) in events
+    assert set(Run.objects.values_list("status", "result")) == {
+        ("succeeded", 0), ("succeeded", 1), ("succeeded", 2), ("succeeded", 3),
+        ("succeeded", 7), ("succeeded", "8")}
     assert list(Task.objects.filter(running=True)) == []
     assert worker._held == set()
     worker._outcomes.close(timeout=10)
@@ -1616,7 +1727,7 @@ def test_hot_statements_are_prepared_only_when_the_connection_asks_for_it(sisy_s
 
     def one_cycle():  # the insert, both claims, and both ways of writing outcomes
         made = [tasks.add.delay(i) for i in range(3)]
-        assert claim_exclusive(["sisy.run_task"], "w") is None
+        assert claim_exclusive(["sisy.run_task"], "w") == []
         claimed = claim_batch(["sisy.run_task"], "w", limit=3)
         for run in claimed:
             run.status, run.result, run.finished_at = "succeeded", run.pk, timezone.now()
