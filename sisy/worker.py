@@ -430,9 +430,10 @@ class Worker:
         many as :meth:`claim_limit` expects to finish within ``CLAIM_AHEAD``
         seconds, so that slow runs are shared by all threads. Runs of
         tasks that forbid overlap (standing tasks, by default) are claimed in
-        a batch of their own, no two of one task, before the other runs, so
-        that a long backlog of one-shot runs does not hold back a slot that
-        is due; after a look that found none, the
+        a batch of their own, no two of one task, before the other runs (which
+        fill the rest of the limit, at least one), so that a long backlog of
+        one-shot runs does not hold back a slot that is due nor the other way
+        round; after a look that found none, the
         next is skipped for :data:`EXCLUSIVE_EVERY` seconds; and while they are
         found, a batch claim that found nothing is not repeated for as long
         (it reads past every one of them queued). Right after a
@@ -460,10 +461,12 @@ class Worker:
             batch = []
             # While a backlog of exclusive runs is drained, a batch claim that found
             # nothing is not repeated for EXCLUSIVE_EVERY seconds: it reads past every
-            # exclusive run queued (the index holds all queued runs).
+            # exclusive run queued (the index holds all queued runs). The batch fills
+            # what the exclusive runs left of the limit, with at least one run, so
+            # that a backlog of them does not hold back the others.
             if not found or time.monotonic() - emptied >= EXCLUSIVE_EVERY:
-                batch = self._claim(claim_batch, self.channels, self.name, limit=limit,
-                                    standing=self._standing)
+                batch = self._claim(claim_batch, self.channels, self.name,
+                                    limit=max(1, limit - len(found)), standing=self._standing)
                 if not batch:
                     emptied = time.monotonic()
                 self._standing = any(run.task_id is not None for run in batch)

@@ -1246,6 +1246,24 @@ def test_a_draining_worker_looks_for_runs_that_forbid_overlap_at_most_every_so_o
     assert sorted(order) == sorted(run.pk for run in backlog + slots)
 
 
+def test_runs_that_forbid_overlap_and_the_others_share_a_drain(monkeypatch):
+    """Runs that forbid overlap come first in each batch, the others fill what they left
+    of the limit, and at least one of the others rides along with each batch of them."""
+    slots = _slots_that_forbid_overlap(4)
+    backlog = [tasks.mark.delay(f"backlog-{i}") for i in range(3)]
+    worker = Worker(name="w", manage_connections=False)
+    worker.seconds_per_run = 0.02  # two per batch (CLAIM_AHEAD 50 ms)
+    monkeypatch.setattr(worker, "note_duration", lambda seconds: None)
+    order = []
+    run_claimed = worker._run_claimed
+    monkeypatch.setattr(worker, "_run_claimed", lambda run, prepared=None: order.append(
+        run.pk) or run_claimed(run, prepared))
+    assert worker.claim_limit() == 2
+    assert worker.drain() == 7
+    s, b = [run.pk for run in slots], [run.pk for run in backlog]
+    assert order == [s[0], s[1], b[0], s[2], s[3], b[1], b[2]]
+
+
 @pytest.mark.parametrize("every, batches", [(3600, 2), (0, 5)])
 def test_while_runs_that_forbid_overlap_are_drained_an_empty_batch_claim_waits(
         monkeypatch, every, batches):
