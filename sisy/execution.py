@@ -293,13 +293,23 @@ def claim_next(channels: list[str], worker: str, *, now: datetime | None = None)
 _OVERLAP_KEY = "task_id, CASE WHEN task_id IS NULL THEN task_name END"
 
 
+#: How many of the oldest queued runs that forbid overlap :func:`claim_exclusive`
+#: reads per run it may claim: those that other workers are claiming are among them.
+EXCLUSIVE_HEAD = 2
+
+
 def claim_exclusive(channels: list[str], worker: str, *, now: datetime | None = None,
                     limit: int = 1) -> list[Run]:
-    """Claim up to ``limit`` due runs of tasks that forbid overlap, no two of one task,
-    oldest first (see ``sisy_run_no_overlap``).
+    """Claim up to ``limit`` due runs of tasks that forbid overlap, each the oldest
+    queued run of its task, oldest first (see ``sisy_run_no_overlap``).
 
     One statement chooses them, claims them and sets their tasks' ``running``
-    flag. When one of them may not start (another run of its task is
+    flag. It reads the oldest queued such runs, those that other workers are
+    claiming included, and takes the first of each task among them, passing
+    over those another worker is claiming: so no two claims in flight ever
+    hold runs of one task (they would wait for each other's commit, and
+    claims of several runs each could deadlock), and a task's runs start in
+    order. When one of them may not start (another run of its task is
     running), the statement fails as a whole, and the candidates are claimed
     one by one with :func:`claim`, which records the skip of a standing
     task's slot; a one-shot run whose task has a run running is left queued
@@ -312,18 +322,17 @@ def claim_exclusive(channels: list[str], worker: str, *, now: datetime | None = 
     table = Run._meta.db_table
     where = f"status = %s AND exclusive AND not_before <= %s AND channel IN ({marks})"
     params = [Status.QUEUED, now, *channels]
-    if limit <= 1:
-        chosen = (f"id = (SELECT id FROM {table} WHERE {where} ORDER BY not_before, id "
-                  f"LIMIT 1{_skip_locked()})")
-    else:  # of the oldest, the first of each task: the others wait for it
-        chosen = (f"id IN (SELECT id FROM (SELECT id, ROW_NUMBER() OVER (PARTITION BY "
-                  f"{_OVERLAP_KEY} ORDER BY not_before, id) AS nth FROM (SELECT id, task_id, "
-                  f"task_name, not_before FROM {table} WHERE {where} ORDER BY not_before, id "
-                  f"LIMIT %s{_skip_locked()}) AS oldest) AS ranked WHERE nth = 1)")
+    head = (f"SELECT id, task_id, task_name, not_before FROM {table} WHERE {where} "
+            f"ORDER BY not_before, id LIMIT %s")
+    firsts = (f"SELECT id FROM (SELECT id, ROW_NUMBER() OVER (PARTITION BY {_OVERLAP_KEY} "
+              f"ORDER BY not_before, id) AS nth FROM ({head}) AS head) AS ranked WHERE nth = 1")
+    # "status || ''": the firsts are looked up by primary key, not in a partial index.
+    chosen = (f"id IN (SELECT id FROM {table} WHERE id IN ({firsts}) AND status || '' = %s "
+              f"ORDER BY not_before, id LIMIT %s{_skip_locked()})")
     try:
         with _savepoint():
-            runs = _claim_sql(chosen, params + ([limit] if limit > 1 else []), worker, now,
-                              start_tasks=True)
+            runs = _claim_sql(chosen, [*params, EXCLUSIVE_HEAD * limit, Status.QUEUED, limit],
+                              worker, now, start_tasks=True)
     except IntegrityError:
         return _claim_exclusive_one_by_one(where, params, worker, now, limit)
     return sorted(runs, key=lambda run: (run.not_before, run.pk))

@@ -216,6 +216,41 @@ def test_runs_that_forbid_overlap_are_claimed_in_a_batch_no_two_of_one_task():
         c1.pk, solo2.pk]
 
 
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_no_run_is_claimed_while_an_older_run_of_its_task_is_being_claimed():
+    """Two claims in flight never hold runs of one task: they would wait for each
+    other's commit, and two batch claims could deadlock (A holds X's run and waits for
+    Y's, B holds Y's and waits for X's). Nor does a task's later run start first."""
+    from sisy.execution import claim_exclusive
+
+    x, y = (Task.objects.create(name=name, schedule="* * * * *", allow_overlap=False)
+            for name in ("x", "y"))
+    x1, x2, y1 = _slot(x, 30), _slot(x, 20), _slot(y, 10)
+    locked, release = threading.Event(), threading.Event()
+
+    def other_claim():  # another worker's claim of x1, not yet committed
+        try:
+            with transaction.atomic():
+                list(Run.objects.select_for_update().filter(pk=x1.pk))
+                locked.set()
+                release.wait(10)
+        finally:
+            connection.close()
+
+    other = threading.Thread(target=other_claim)
+    other.start()
+    try:
+        assert locked.wait(10)
+        claimed = claim_exclusive(["sisy.run_task"], "w", limit=10)
+    finally:
+        release.set()
+        other.join(10)
+    assert [run.pk for run in claimed] == [y1.pk]
+    assert Run.objects.get(pk=x2.pk).status == "queued"
+    assert [run.pk for run in claim_exclusive(["sisy.run_task"], "w", limit=10)] == [x1.pk]
+
+
 def test_a_batch_of_runs_that_forbid_overlap_falls_back_to_one_by_one_on_a_conflict():
     """One run in the batch may not start (its task is running): each other candidate is
     claimed alone, up to ``limit``, the conflicting slot recorded as skipped, the waiting
