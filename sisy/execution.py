@@ -327,11 +327,18 @@ def claim_exclusive(channels: list[str], worker: str, *, now: datetime | None = 
     firsts = (f"SELECT id FROM (SELECT id, ROW_NUMBER() OVER (PARTITION BY {_OVERLAP_KEY} "
               f"ORDER BY not_before, id) AS nth FROM ({head}) AS head) AS ranked WHERE nth = 1")
     # "status || ''": the firsts are looked up by primary key, not in a partial index.
+    # A first whose task has a run running waits for it to end (each test reads one
+    # of the "sisy_run_no_overlap" indexes).
     chosen = (f"id IN (SELECT id FROM {table} WHERE id IN ({firsts}) AND status || '' = %s "
-              f"ORDER BY not_before, id LIMIT %s{_skip_locked()})")
+              f"AND NOT EXISTS (SELECT 1 FROM {table} AS busy WHERE busy.task_id = "
+              f"{table}.task_id AND busy.status = %s AND busy.exclusive) AND NOT EXISTS "
+              f"(SELECT 1 FROM {table} AS busy WHERE {table}.task_id IS NULL AND "
+              f"busy.task_id IS NULL AND busy.task_name = {table}.task_name AND busy.status = "
+              f"%s AND busy.exclusive) ORDER BY not_before, id LIMIT %s{_skip_locked()})")
     try:
         with _savepoint():
-            runs = _claim_sql(chosen, [*params, EXCLUSIVE_HEAD * limit, Status.QUEUED, limit],
+            runs = _claim_sql(chosen, [*params, EXCLUSIVE_HEAD * limit, Status.QUEUED,
+                                       Status.RUNNING, Status.RUNNING, limit],
                               worker, now, start_tasks=True)
     except IntegrityError:
         return _claim_exclusive_one_by_one(where, params, worker, now, limit)

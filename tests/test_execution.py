@@ -14,7 +14,7 @@ import uuid
 from datetime import timedelta
 
 import pytest
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
@@ -251,12 +251,9 @@ def test_no_run_is_claimed_while_an_older_run_of_its_task_is_being_claimed():
     assert [run.pk for run in claim_exclusive(["sisy.run_task"], "w", limit=10)] == [x1.pk]
 
 
-def test_a_batch_of_runs_that_forbid_overlap_falls_back_to_one_by_one_on_a_conflict():
-    """One run in the batch may not start (its task is running): each other candidate is
-    claimed alone, up to ``limit``, the conflicting slot recorded as skipped, the waiting
-    one-shot left queued, and no second run of a task claimed."""
-    from sisy.execution import claim_exclusive
-
+def _busy_queue():
+    """Runs that forbid overlap, some of tasks that have a run running:
+    ``(late, free1, free2, other1, waiting)``."""
     busy, free, other = (Task.objects.create(name=name, schedule="* * * * *",
                                              allow_overlap=False)
                          for name in ("busy", "free", "other"))
@@ -265,9 +262,41 @@ def test_a_batch_of_runs_that_forbid_overlap_falls_back_to_one_by_one_on_a_confl
     blocker = tasks.solo_job.delay("blocker")
     assert claim(blocker.pk, "w0") is not None
     waiting = tasks.solo_job.delay("waiting")
-    late, free1, free2, other1 = (_slot(busy, 40), _slot(free, 30), _slot(free, 20),
-                                  _slot(other, 10))
+    return (_slot(busy, 40), _slot(free, 30), _slot(free, 20), _slot(other, 10), waiting)
+
+
+def test_a_batch_of_runs_that_forbid_overlap_passes_over_tasks_with_a_run_running():
+    """A queued run whose task has a run running waits for that run to end: not
+    claimed, not skipped, and it does not hold back the runs behind it."""
+    from sisy.execution import claim_exclusive
+
+    late, free1, free2, other1, waiting = _busy_queue()
     claimed = claim_exclusive(["sisy.run_task"], "w", limit=5)
+    assert [run.pk for run in claimed] == [free1.pk, other1.pk]
+    statuses = dict(Run.objects.values_list("pk", "status"))
+    assert [statuses[run.pk] for run in (late, free2, waiting)] == ["queued"] * 3
+    Run.objects.filter(status="running", worker="w0").update(status="succeeded")
+    assert [run.pk for run in claim_exclusive(["sisy.run_task"], "w", limit=5)] == [
+        late.pk, waiting.pk]
+
+
+def test_a_batch_of_runs_that_forbid_overlap_falls_back_to_one_by_one_on_a_conflict(
+        monkeypatch):
+    """When another worker's run of a chosen task starts between the batch's choice and
+    its claim, the statement fails as a whole: each candidate is then claimed alone, up
+    to ``limit``, the conflicting slot recorded as skipped, the waiting one-shot left
+    queued, and no second run of a task claimed."""
+    from sisy import execution
+
+    late, free1, free2, other1, waiting = _busy_queue()
+    claim_sql = execution._claim_sql
+
+    def conflict_first(*args, **kwargs):  # the race, as the batch statement meets it
+        monkeypatch.setattr(execution, "_claim_sql", claim_sql)
+        raise IntegrityError("duplicate key value violates unique constraint")
+
+    monkeypatch.setattr(execution, "_claim_sql", conflict_first)
+    claimed = execution.claim_exclusive(["sisy.run_task"], "w", limit=5)
     assert [run.pk for run in claimed] == [free1.pk, other1.pk]
     statuses = dict(Run.objects.values_list("pk", "status"))
     assert [statuses[run.pk] for run in (late, free2, waiting)] == [
@@ -280,7 +309,7 @@ def test_a_batch_of_runs_that_forbid_overlap_falls_back_to_one_by_one_on_a_confl
 
 def test_a_run_that_forbids_overlap_is_chosen_claimed_and_its_task_marked_at_once():
     """One statement on PostgreSQL; when the oldest may not start (another run of its
-    task is running), that one is recorded as skipped and the next is claimed."""
+    task is running), that one is passed over (it waits) and the next is claimed."""
     from sisy.execution import claim_exclusive
 
     now = timezone.now()
@@ -301,15 +330,14 @@ def test_a_run_that_forbids_overlap_is_chosen_claimed_and_its_task_marked_at_onc
     [second] = claim_exclusive(["sisy.run_task"], "w2")  # "waiting" may not start
     assert second.pk == other.pk
     waiting.refresh_from_db()
-    assert (waiting.status, waiting.error) == (
-        "skipped", "Skipped: another run of this task was still running (allow_overlap=False).")
+    assert (waiting.status, waiting.error) == ("queued", "")
     with CaptureQueriesContext(connection) as queries:
         execute(second, manage_connections=False)  # its task is marked: no statement for it
     statements = [q["sql"] for q in queries.captured_queries if "SAVEPOINT" not in q["sql"]]
     assert len(statements) == (1 if postgres else 4), statements
     assert (Task.objects.get(pk=free.pk).running, Run.objects.get(pk=other.pk).result) == (
         False, 2)
-    assert claim_exclusive(["sisy.run_task"], "w3") == []
+    assert claim_exclusive(["sisy.run_task"], "w3") == []  # "waiting": "running" runs
 
 
 def test_a_wakeup_claims_its_run_first_and_a_batch_of_waiting_runs_in_one_statement():
