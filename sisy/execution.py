@@ -309,11 +309,12 @@ def claim_exclusive(channels: list[str], worker: str, *, now: datetime | None = 
     over those another worker is claiming: so no two claims in flight ever
     hold runs of one task (they would wait for each other's commit, and
     claims of several runs each could deadlock), and a task's runs start in
-    order. When one of them may not start (another run of its task is
-    running), the statement fails as a whole, and the candidates are claimed
-    one by one with :func:`claim`, which records the skip of a standing
-    task's slot; a one-shot run whose task has a run running is left queued
-    and passed over until that run ends.
+    order. A task that has a run running is passed over: its runs wait for
+    that one to end. When one of them may yet not start (a run of its task
+    started meanwhile), the statement fails as a whole, and the candidates
+    are claimed one by one with :func:`claim`, which records the skip of a
+    standing task's slot; a one-shot run whose task has a run running is
+    left queued and passed over until that run ends.
     """
     now = now or timezone.now()
     # A worker asks this before each batch it drains: one cheap statement on the
