@@ -251,6 +251,43 @@ def test_no_run_is_claimed_while_an_older_run_of_its_task_is_being_claimed():
     assert [run.pk for run in claim_exclusive(["sisy.run_task"], "w", limit=10)] == [x1.pk]
 
 
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_workers_draining_slots_of_the_same_tasks_together_run_each_task_in_order(caplog):
+    """Three workers drain a backlog of three tasks (forbidding overlap) with 40 slots
+    each, at once: every slot runs, none is skipped, and each task's slots start in
+    order (with claims one at a time, a worker could take a task's next slot while the
+    slot before it was being claimed; with batch claims, two could deadlock)."""
+    tasks_ = [Task.objects.create(name=f"t{i}", schedule="* * * * *", allow_overlap=False)
+              for i in range(3)]
+    for slot in range(40):
+        for task in tasks_:
+            _slot(task, 100 - slot, f"{task.name}-{slot}")
+
+    def drain(name):
+        worker = Worker(name=name)
+        worker.seconds_per_run = 0.001  # short runs: ten per batch
+        try:
+            while worker.drain(wakeups=False):
+                pass
+        finally:
+            worker._outcomes.close(timeout=10)
+            connection.close()
+
+    with caplog.at_level(logging.WARNING, logger="sisy"):
+        workers = [threading.Thread(target=drain, args=(f"w{i}",)) for i in range(3)]
+        for thread in workers:
+            thread.start()
+        for thread in workers:
+            thread.join(60)
+    assert [record.getMessage() for record in caplog.records] == []
+    assert set(Run.objects.values_list("status", flat=True)) == {"succeeded"}
+    for task in tasks_:
+        slots = list(Run.objects.filter(task=task).order_by("started_at")
+                     .values_list("scheduled_for", flat=True))
+        assert len(slots) == 40 and slots == sorted(slots)
+
+
 def _busy_queue():
     """Runs that forbid overlap, some of tasks that have a run running:
     ``(late, free1, free2, other1, waiting)``."""
