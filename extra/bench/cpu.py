@@ -3,9 +3,11 @@
 :class:`CpuMeter` reads the machine's busy time (``/proc/stat``: every
 process, including those that exit during the batch, interrupts and the
 kernel) and that of the PostgreSQL and Redis server processes
-(``/proc/PID/stat`` of each process named ``postgres`` or ``redis-server``)
-before and after a batch. Whatever else runs on the machine during the batch
-is counted too; on an otherwise quiet machine that is a few µs per run.
+(``/proc/PID/stat`` of each process named ``postgres`` or ``redis-server``,
+with the children it has reaped: a PostgreSQL backend that exits during the
+batch counts in the postmaster) before and after a batch. Whatever else runs
+on the machine during the batch is counted too; on an otherwise quiet machine
+that is a few µs per run.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ def machine_busy() -> float:
 
 
 def server_seconds() -> dict[str, float]:
-    """Seconds of CPU (user + system) of the database and Redis servers' processes."""
+    """Seconds of CPU (user + system) of the database and Redis servers' processes,
+    with their reaped children's (a backend whose client left)."""
     seconds = dict.fromkeys(SERVERS.values(), 0.0)
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
@@ -39,7 +42,7 @@ def server_seconds() -> dict[str, float]:
         role = SERVERS.get(name)
         if role is not None:
             fields = text[text.rindex(")") + 2:].split()
-            seconds[role] += (int(fields[11]) + int(fields[12])) / _TICK
+            seconds[role] += sum(int(value) for value in fields[11:15]) / _TICK
     return seconds
 
 
