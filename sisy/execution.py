@@ -293,6 +293,20 @@ def claim_next(channels: list[str], worker: str, *, now: datetime | None = None)
 _OVERLAP_KEY = "task_id, CASE WHEN task_id IS NULL THEN task_name END"
 
 
+def _none_running(table: str, *, standing: bool = True) -> str:
+    """SQL: no run of the task of the ``table`` row is running -- for a one-shot run
+    looked up by task name in "sisy_run_no_overlap_one_shot", and (``standing``) for a
+    standing task's run by task row in "sisy_run_no_overlap". Its parameters:
+    ``Status.RUNNING``, once per test."""
+    one_shot = (f"NOT EXISTS (SELECT 1 FROM {table} AS busy WHERE {table}.task_id IS NULL "
+                f"AND busy.task_id IS NULL AND busy.task_name = {table}.task_name "
+                f"AND busy.status = %s AND busy.exclusive)")
+    if not standing:
+        return one_shot
+    return (f"NOT EXISTS (SELECT 1 FROM {table} AS busy WHERE busy.task_id = "
+            f"{table}.task_id AND busy.status = %s AND busy.exclusive) AND {one_shot}")
+
+
 #: How many of the oldest queued runs that forbid overlap :func:`claim_exclusive`
 #: reads per run it may claim: those that other workers are claiming are among them.
 EXCLUSIVE_HEAD = 2
@@ -328,14 +342,9 @@ def claim_exclusive(channels: list[str], worker: str, *, now: datetime | None = 
     firsts = (f"SELECT id FROM (SELECT id, ROW_NUMBER() OVER (PARTITION BY {_OVERLAP_KEY} "
               f"ORDER BY not_before, id) AS nth FROM ({head}) AS head) AS ranked WHERE nth = 1")
     # "status || ''": the firsts are looked up by primary key, not in a partial index.
-    # A first whose task has a run running waits for it to end (each test reads one
-    # of the "sisy_run_no_overlap" indexes).
+    # A first whose task has a run running waits for it to end.
     chosen = (f"id IN (SELECT id FROM {table} WHERE id IN ({firsts}) AND status || '' = %s "
-              f"AND NOT EXISTS (SELECT 1 FROM {table} AS busy WHERE busy.task_id = "
-              f"{table}.task_id AND busy.status = %s AND busy.exclusive) AND NOT EXISTS "
-              f"(SELECT 1 FROM {table} AS busy WHERE {table}.task_id IS NULL AND "
-              f"busy.task_id IS NULL AND busy.task_name = {table}.task_name AND busy.status = "
-              f"%s AND busy.exclusive) ORDER BY not_before, id LIMIT %s{_skip_locked()})")
+              f"AND {_none_running(table)} ORDER BY not_before, id LIMIT %s{_skip_locked()})")
     try:
         with _savepoint():
             runs = _claim_sql(chosen, [*params, EXCLUSIVE_HEAD * limit, Status.QUEUED,
@@ -351,14 +360,10 @@ def _claim_exclusive_one_by_one(where: str, params: list, worker: str, now: date
     """:func:`claim_exclusive` after a conflict: candidates claimed one at a time."""
     table = Run._meta.db_table
     # A queued one-shot run whose task has one running waits (see _skip_overlap) and
-    # must not hide the runs behind it: here it is not a candidate (the running run is
-    # found through the "sisy_run_no_overlap_one_shot" index). Kept out of the statement
-    # in claim_exclusive(), which is planned at each call: there it cost a drain of
-    # slots 10-18 %.
-    choose = (f"SELECT id, task_id, task_name FROM {table} WHERE {where} AND (task_id IS "
-              f"NOT NULL OR NOT EXISTS (SELECT 1 FROM {table} AS other WHERE other.status = %s "
-              f"AND other.exclusive AND other.task_id IS NULL "
-              f"AND other.task_name = {table}.task_name)) ORDER BY not_before, id LIMIT %s")
+    # must not hide the runs behind it: it is not a candidate. A standing task's slot
+    # is: claim() records its skip.
+    choose = (f"SELECT id, task_id, task_name FROM {table} WHERE {where} AND "
+              f"{_none_running(table, standing=False)} ORDER BY not_before, id LIMIT %s")
     with fast_cursor(connection) as cursor:
         cursor.execute(choose, [*params, Status.RUNNING, limit + 4])
         candidates = cursor.fetchall()

@@ -20,13 +20,12 @@ statement: failures (which may queue a retry), runs of a task that forbids
 overlap (its next run must not find this one still running) and runs whose
 ``run_finished`` signal has receivers (which may expect the stored outcome)
 are written by the worker itself -- the successes of tasks that forbid
-overlap together at the end of their batch
-(:meth:`OutcomeWriter.hold`), before it claims more. A run handed over stays among the
-worker's claims until its outcome is written, so that the worker never puts
-it back in the queue after a
-database error. If the process is killed between the two, the run is found
-``running`` under a worker that no longer heart-beats and is settled as lost,
-as a run killed mid-call is.
+overlap together at the end of their batch (:meth:`OutcomeWriter.hold`),
+before it claims more. A run handed over stays among the worker's claims
+until its outcome is written, so that the worker never puts it back in the
+queue after a database error. If the process is killed between the two, the
+run is found ``running`` under a worker that no longer heart-beats and is
+settled as lost, as a run killed mid-call is.
 """
 
 from __future__ import annotations
