@@ -3,7 +3,7 @@
     python -m extra.bench [--tasks 5000] [--repeat 1] [--latency 200]
                           [--schedule-seconds 20] [--sizes 100,10000,100000]
                           [--systems sisy-pg,sisy-pg-prepared,sisy-embedded,celery,huey,
-                                     procrastinate,pg-floor,floor]
+                                     procrastinate,pg-floor,pg-floor-unprepared,floor]
 
 (``extra/bench/run`` makes the virtualenv with the reference systems and runs
 this.) Each system is measured in a child process of its own that starts its
@@ -27,11 +27,12 @@ from importlib import metadata
 from extra.bench import common
 
 ALL = ["sisy-pg", "sisy-pg-prepared", "sisy-embedded", "celery", "huey", "procrastinate",
-       "pg-floor", "floor"]
+       "pg-floor", "pg-floor-unprepared", "floor"]
 COLUMNS = {
     "sisy-pg": "Sisy PG+Redis", "sisy-pg-prepared": "Sisy PG prepared",
     "sisy-embedded": "Sisy SQLite+mem", "celery": "Celery solo",
     "huey": "Huey", "procrastinate": "Procrastinate", "pg-floor": "durable floor",
+    "pg-floor-unprepared": "floor unprepared",
     "floor": "ch-redis floor",
 }
 DOCS = common.ROOT / "docs" / "performance.rst"
@@ -43,6 +44,8 @@ LEGEND = [
     "durable floor: Sisy's guarantees with nothing of Sisy: a bare prepared durable INSERT",
     "   and LPUSH per run; bare workers pop up to 10 ids, claim durably, write outcomes",
     "   with synchronous_commit off (extra/bench/durable_floor.py).",
+    "floor unprepared: the same, nothing prepared (Django's default): the floor of Sisy's",
+    "   default configuration.",
     "W4 Celery column: celery beat (PersistentScheduler, schedule 1.0 s) + 1 solo worker;",
     "   Sisy: sisy_heartbeat + 1 sisy_worker (embedded: one sisy_run).",
     "W5 Celery column: django-celery-beat's DatabaseScheduler (fire all due capped at 30 s).",

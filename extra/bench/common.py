@@ -65,14 +65,15 @@ def bare_connection():
                            dbname=settings["NAME"], autocommit=True)
 
 
-def bare_insert(conn, channel: str, now, name: str = "bench.noop", args: str = "[1]") -> int:
-    """``.delay()``'s ``INSERT`` of a run of ``name`` with ``args`` (JSON), prepared and
-    durable, on ``conn``; its id."""
+def bare_insert(conn, channel: str, now, name: str = "bench.noop", args: str = "[1]", *,
+                prepare: bool = True) -> int:
+    """``.delay()``'s ``INSERT`` of a run of ``name`` with ``args`` (JSON), durable and
+    (``prepare``) prepared, on ``conn``; its id."""
     from sisy import dispatch
 
     _, sql = dispatch._insert_plan()
     return conn.execute(sql, (name, args, "{}", channel, now, now, now, now, False),
-                        prepare=True).fetchone()[0]
+                        prepare=prepare).fetchone()[0]
 
 
 def manage(*args, mode="pg", **extra) -> subprocess.Popen:

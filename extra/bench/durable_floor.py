@@ -14,6 +14,12 @@ execution: ``plan_cache_mode = force_custom_plan``), calls the body (the same
 ``synchronous_commit = off``, as Sisy's default ``DURABLE_RESULTS = False``
 does. No Django, no threads, no validation, no event loop: whatever a design
 with these guarantees costs, it costs at least this on the same machine.
+
+With ``SISY_BENCH_FLOOR_PREPARED=0`` ("pg-floor-unprepared") neither the
+``INSERT`` nor the claim is prepared: each is parsed and planned at every
+execution, as Django's default settings (no ``prepare_threshold``) have
+PostgreSQL do for Sisy's statements. That is the floor of Sisy's default
+configuration.
 """
 
 from __future__ import annotations
@@ -35,6 +41,11 @@ OUTCOME = ("UPDATE sisy_run AS r SET status = 'succeeded', result = 'null', "
            "WHERE r.id = ANY(%s) AND r.status = 'running'")
 
 
+def prepared() -> bool:
+    """Whether the floor's statements are prepared (``SISY_BENCH_FLOOR_PREPARED``, default 1)."""
+    return os.environ.get("SISY_BENCH_FLOOR_PREPARED", "1") != "0"
+
+
 def connect():
     """A psycopg connection (autocommit) to the benchmark's database, from the environment."""
     import psycopg
@@ -46,6 +57,7 @@ def connect():
 def work() -> None:
     """Pop ids, claim their rows durably, run the bodies, write the outcomes; forever."""
     conn = connect()
+    prepare = prepared()
     # Prepared (parsed once), but planned at each execution with the ids at hand: a
     # generic plan made while the table was small would read the whole table.
     conn.execute("SET plan_cache_mode = force_custom_plan")
@@ -55,10 +67,10 @@ def work() -> None:
         if popped is None:
             continue
         ids = [int(item) for item in popped[1]]
-        rows = conn.execute(CLAIM, (ids,), prepare=True).fetchall()
+        rows = conn.execute(CLAIM, (ids,), prepare=prepare).fetchall()
         for _, args in rows:
             marks.record(args[0])
-        conn.execute(OUTCOME, ([run_id for run_id, _ in rows],), prepare=True)
+        conn.execute(OUTCOME, ([run_id for run_id, _ in rows],), prepare=prepare)
 
 
 if __name__ == "__main__":

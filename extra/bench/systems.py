@@ -166,11 +166,22 @@ class DurableFloor(Sisy):
 
     def enqueue(self, i: int) -> None:
         now = datetime.datetime.now(datetime.UTC)
-        run_id = common.bare_insert(self._conn, "floor", now, name="bench.mark", args=f"[{i}]")
+        run_id = common.bare_insert(self._conn, "floor", now, name="bench.mark", args=f"[{i}]",
+                                    prepare=durable_floor.prepared())
         marks.client().lpush(durable_floor.QUEUE, run_id)
 
     def flush(self) -> None:
         pass
+
+
+class DurableFloorUnprepared(DurableFloor):
+    """The durable floor with nothing prepared: Django's default statements, the floor
+    of Sisy's default configuration."""
+    key = "pg-floor-unprepared"
+    label = "Durable floor, unprepared statements"
+
+    def env(self, **extra) -> dict:
+        return super().env(SISY_BENCH_FLOOR_PREPARED="0", **extra)
 
 
 class Celery(System):
@@ -261,4 +272,4 @@ class Procrastinate(System):
 
 
 SYSTEMS = {system.key: system for system in (Sisy, SisyPrepared, SisyEmbedded, Celery, Huey,
-                                             Procrastinate, DurableFloor)}
+                                             Procrastinate, DurableFloor, DurableFloorUnprepared)}
