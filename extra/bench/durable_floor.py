@@ -25,8 +25,10 @@ configuration.
 from __future__ import annotations
 
 import os
+import signal
+import time
 
-from extra.bench import marks
+from extra.bench import marks, traced_worker
 
 #: The Redis list (in the marks' database) that carries the run ids.
 QUEUE = marks.PREFIX + "durable-floor"
@@ -62,12 +64,24 @@ def work() -> None:
     # generic plan made while the table was small would read the whole table.
     conn.execute("SET plan_cache_mode = force_custom_plan")
     redis = marks.client()
+    trace, lines = os.environ.get("SISY_BENCH_TRACE"), []
+    if trace:  # latency_bench: the times of the legs, written on SIGTERM
+        def stop(signum, frame):
+            traced_worker.write(trace, lines)
+            raise SystemExit(0)
+
+        signal.signal(signal.SIGTERM, stop)
     while True:
         popped = redis.blmpop(5, 1, QUEUE, direction="RIGHT", count=BATCH)
         if popped is None:
             continue
         ids = [int(item) for item in popped[1]]
+        if trace:
+            began = time.time()
+            lines.extend(f"{run_id} pop {began:.6f}\n" for run_id in ids)
         rows = conn.execute(CLAIM, (ids,), prepare=prepare).fetchall()
+        if trace:
+            traced_worker.claimed(lines, ids, began, time.time())
         for _, args in rows:
             marks.record(args[0])
         conn.execute(OUTCOME, ([run_id for run_id, _ in rows],), prepare=prepare)

@@ -13,6 +13,7 @@ import datetime
 import os
 import sys
 import tempfile
+import time
 
 from extra.bench import common, durable_floor, marks
 
@@ -165,10 +166,16 @@ class DurableFloor(Sisy):
         return [[sys.executable, "-m", "extra.bench.durable_floor"]] * processes
 
     def enqueue(self, i: int) -> None:
+        self.enqueue_timed(i)
+
+    def enqueue_timed(self, i: int) -> tuple[int, float]:
+        """Enqueue run ``i``; its id and the ``time.time()`` its ``INSERT`` returned."""
         now = datetime.datetime.now(datetime.UTC)
         run_id = common.bare_insert(self._conn, "floor", now, name="bench.mark", args=f"[{i}]",
                                     prepare=durable_floor.prepared())
+        inserted = time.time()
         marks.client().lpush(durable_floor.QUEUE, run_id)
+        return run_id, inserted
 
     def flush(self) -> None:
         pass

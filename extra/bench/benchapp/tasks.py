@@ -19,11 +19,3 @@ def mark(i: int) -> None:
 
     marks.record(i)
 
-
-@sisy.task(name="bench.trace", takes_context=True)
-def trace(context, i: int) -> None:
-    """``latency_bench``'s no-op: notes its start and when the worker began to execute it
-    (``Run.started_at``, set right after the claim)."""
-    from extra.bench import marks
-
-    marks.record(i, extra=context.run.started_at.timestamp())
