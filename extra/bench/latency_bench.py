@@ -8,8 +8,8 @@ after another (10 ms apart, as W2 does), each timed in legs: in the
 ``.delay()`` call, validation and the durable ``INSERT``, then sending the
 lone wake-up to Redis until the call returns; from the ``INSERT``'s end to
 the worker's pop of the wake-up; from the pop to the claim ``UPDATE``; the
-claim statement itself; from its end to ``execute()``; and from there to the
-body. Beside them, in the same script: the whole again with the caller busy
+claim statement itself (with building its ``Run``); and from its end to the
+body -- and the same legs of the durable floor. Beside them, in the same script: the whole again with the caller busy
 in Python for ``--busy`` ms (default 4) after ``.delay()``, as a view
 rendering its response is; ``claim()`` of a queued run back to back, a bare
 ``UPDATE`` by primary key from psycopg, autocommit, and the floor of a run's
