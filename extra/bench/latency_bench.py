@@ -9,19 +9,20 @@ after another (10 ms apart, as W2 does), each timed in legs: in the
 lone wake-up to Redis until the call returns; from the ``INSERT``'s end to
 the worker's pop of the wake-up; from the pop to the claim ``UPDATE``; the
 claim statement itself (with building its ``Run``); and from its end to the
-body -- and the same legs of the durable floor. Beside them, in the same script: the whole again with the caller busy
-in Python for ``--busy`` ms (default 4) after ``.delay()``, as a view
-rendering its response is; ``claim()`` of a queued run back to back, a bare
-``UPDATE`` by primary key from psycopg, autocommit, and the floor of a run's
-path with Sisy's guarantees, timed like the whole: a durable ``INSERT`` of
-the same row from bare psycopg, its id pushed to Redis (``LPUSH``), and a
-bare process that pops it, claims the row with a durable ``UPDATE`` and
-leaves its mark -- the "durable floor" of the side-by-side table
-(``durable_floor.py``), no Django, no threads, nothing of Sisy's -- with its
-statements prepared and, as Django's default settings leave Sisy's, not.
-``--prepared`` measures Sisy with ``"prepare_threshold": 5`` (the side-by-side
-table's "Sisy PG prepared"). Prints medians and p95s in ms. Uses the
-side-by-side benchmark's database and Redis prefix (see ``systems.py``).
+body. The same legs are timed on the floor of a run's path with Sisy's
+guarantees: a durable ``INSERT`` of the same row from bare psycopg, its id
+pushed to Redis (``LPUSH``), and a bare process that pops it, claims the row
+with a durable ``UPDATE`` and leaves its mark -- the "durable floor" of the
+side-by-side table (``durable_floor.py``), no Django, no threads, nothing of
+Sisy's -- with its statements prepared and, as Django's default settings
+leave Sisy's, not. Beside them, in the same script: Sisy's whole path again
+with the caller busy in Python for ``--busy`` ms (default 4) after
+``.delay()``, as a view rendering its response is; and ``claim()`` of a
+queued run and a bare ``UPDATE`` by primary key from psycopg, autocommit,
+each timed back to back. ``--prepared`` measures Sisy with
+``"prepare_threshold": 5`` (the side-by-side table's "Sisy PG prepared").
+Prints medians and p95s in ms. Uses the side-by-side benchmark's database
+and Redis prefix (see ``systems.py``).
 """
 
 from __future__ import annotations
