@@ -153,6 +153,11 @@ class DurableFloor(Sisy):
     key = "pg-floor"
     label = "Durable floor, PostgreSQL + Redis, no Sisy"
     has_scheduler = False
+    #: Whether its statements are prepared (told to its workers by the environment).
+    prepared = True
+
+    def env(self, **extra) -> dict:
+        return super().env(SISY_BENCH_FLOOR_PREPARED="1" if self.prepared else "0", **extra)
 
     def setup(self) -> None:
         super().setup()
@@ -172,7 +177,7 @@ class DurableFloor(Sisy):
         """Enqueue run ``i``; its id and the ``time.time()`` its ``INSERT`` returned."""
         now = datetime.datetime.now(datetime.UTC)
         run_id = common.bare_insert(self._conn, "floor", now, name="bench.mark", args=f"[{i}]",
-                                    prepare=durable_floor.prepared())
+                                    prepare=self.prepared)
         inserted = time.time()
         marks.client().lpush(durable_floor.QUEUE, run_id)
         return run_id, inserted
@@ -186,9 +191,7 @@ class DurableFloorUnprepared(DurableFloor):
     of Sisy's default configuration."""
     key = "pg-floor-unprepared"
     label = "Durable floor, unprepared statements"
-
-    def env(self, **extra) -> dict:
-        return super().env(SISY_BENCH_FLOOR_PREPARED="0", **extra)
+    prepared = False
 
 
 class Celery(System):
