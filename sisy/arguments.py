@@ -2,12 +2,22 @@
 
 ``.delay()`` checks its arguments here before anything is written, and turns
 them into JSON; the worker turns the JSON back into the annotated types.
+
+Plain positional values skip pydantic: a ``str``, ``int``, ``float``
+(finite), ``bool`` or ``None`` given for a parameter annotated with its very
+type (or a union of such types, or nothing) is what pydantic would return
+and what JSON gives back, so it is stored and passed on as it is. Anything
+else -- keywords, other types, a subclass, a value pydantic would convert
+(``"5"`` for an ``int``) -- goes through pydantic.
 """
 
 from __future__ import annotations
 
 import inspect
 import json
+import math
+import types
+import typing
 from typing import Any
 
 from pydantic import ConfigDict, ValidationError, create_model
@@ -18,6 +28,23 @@ from sisy.exceptions import InvalidArguments
 __all__ = ["ArgumentSpec"]
 
 _JSON_NATIVE = (str, int, float, bool, type(None))
+_POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+
+
+def _plain_types(annotation) -> tuple[type, ...] | None:
+    """The types whose values pass a parameter annotated ``annotation`` unchanged, by
+    validation and by JSON both (``None`` if the parameter needs pydantic)."""
+    if annotation is inspect.Parameter.empty or annotation is Any:
+        return _JSON_NATIVE
+    if annotation is None:
+        return (type(None),)
+    if annotation in _JSON_NATIVE:
+        return (annotation,)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        members = typing.get_args(annotation)
+        if all(member in _JSON_NATIVE for member in members):
+            return members
+    return None
 
 
 def _check_json_native(value: Any, where: str) -> None:
@@ -77,6 +104,34 @@ class ArgumentSpec:
             __config__=ConfigDict(arbitrary_types_allowed=True),
             **fields,
         )
+        # For _plain(): the types each leading positional parameter takes as they are,
+        # and how many positional values a call must give (None: never few enough).
+        self._plain_types: list[tuple[type, ...]] = []
+        for param in params:
+            plain = _plain_types(param.annotation) if param.kind in _POSITIONAL else None
+            if plain is None:
+                break
+            self._plain_types.append(plain)
+        required = [index for index, param in enumerate(params)
+                    if param.default is inspect.Parameter.empty
+                    and param.kind not in (inspect.Parameter.VAR_POSITIONAL,
+                                           inspect.Parameter.VAR_KEYWORD)]
+        self._least = (required[-1] + 1 if required else 0) \
+            if all(index < len(self._plain_types) for index in required) else None
+
+    def _plain(self, args, kwargs) -> bool:
+        """Whether ``args`` and ``kwargs`` are plain values that pydantic and JSON would
+        leave as they are (see the module's docstring): positional only, as many as the
+        signature takes, each exactly of a type its parameter takes as it is."""
+        if kwargs or self._least is None or type(args) not in (list, tuple):
+            return False
+        if not self._least <= len(args) <= len(self._plain_types):
+            return False
+        for value, plain in zip(args, self._plain_types, strict=False):
+            kind = type(value)
+            if kind not in plain or kind is float and not math.isfinite(value):
+                return False
+        return True
 
     def _bind(self, args, kwargs) -> inspect.BoundArguments:
         try:
@@ -104,6 +159,12 @@ class ArgumentSpec:
 
         Raises :class:`~sisy.exceptions.InvalidArguments` naming the bad value.
         """
+        if self._plain(args, kwargs):
+            return list(args), {}
+        return self._dump_validated(args, kwargs)
+
+    def _dump_validated(self, args: tuple, kwargs: dict) -> tuple[list, dict]:
+        """:meth:`dump` through pydantic."""
         bound = self._bind(args, kwargs)
         for name, value in bound.arguments.items():
             if name not in self.annotated:
@@ -135,6 +196,12 @@ class ArgumentSpec:
 
     def load(self, args: list, kwargs: dict) -> tuple[tuple, dict]:
         """Turn stored JSON arguments back into the annotated Python types."""
+        if self._plain(args, kwargs):
+            return tuple(args), {}
+        return self._load_validated(args, kwargs)
+
+    def _load_validated(self, args: list, kwargs: dict) -> tuple[tuple, dict]:
+        """:meth:`load` through pydantic."""
         bound = self._bind(args, kwargs)
         model = self._validate(bound)
         rebuilt = self.signature.bind_partial()

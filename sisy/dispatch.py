@@ -282,13 +282,18 @@ def _shard(layer, channel: str):
 
 #: Whether the Redis server answers ``BZMPOP`` (Redis 7+); False after it refused once.
 _bzmpop = True
+#: The longest a worker blocks in one Redis pop (seconds; Redis 6+ takes fractions) ...
+MAX_BLOCK = 2.0
+#: ... and how much longer its client waits for the answer before it gives up.
+BLOCK_MARGIN = 3.0
 
 
-async def pop_wakeups(layer, channel: str, timeout: float, count: int = 1) -> list:
+def pop_wakeups(layer, channel: str, timeout: float, count: int = 1) -> list:
     """Take up to ``count`` messages of a channels-redis channel in one round trip.
 
-    Waits up to ``timeout`` seconds for the first; returns ``[]`` if none came.
-    ``layer.receive`` makes four round trips per message (a clean-up script,
+    Waits up to ``timeout`` seconds (at most :data:`MAX_BLOCK`) for the first;
+    returns ``[]`` if none came. ``layer.receive`` makes four round trips per
+    message (a clean-up script,
     the pop, a backup copy before it returns, and removing that copy) so that
     a receiver cancelled half-way loses nothing. A lost wake-up only delays a
     run until a worker polls the table, so a Sisy worker pops and is done: one
@@ -296,13 +301,18 @@ async def pop_wakeups(layer, channel: str, timeout: float, count: int = 1) -> li
     pops one at a time). Messages are read the way ``layer.receive`` reads
     them (the lowest score first, the layer's own deserialisation), from the
     channel's own host (:func:`_shard`).
+
+    It blocks the calling thread, with a synchronous client of its own
+    (:func:`_sync_client`): a worker's thread has nothing else to do while it
+    waits, and an event loop's round of ``run_until_complete`` per pop made a
+    lone run start 0.1-0.15 ms later.
     """
     global _bzmpop
-    connection = _shard(layer, channel)
-    key, timeout = layer.prefix + channel, max(0.01, timeout)
+    client = _sync_client(layer, layer.consistent_hash(channel), blocking=True)
+    key, timeout = layer.prefix + channel, min(max(0.01, timeout), MAX_BLOCK)
     if count > 1 and _bzmpop:
         try:
-            result = await connection.bzmpop(timeout, 1, [key], min=True, count=count)
+            result = client.bzmpop(timeout, 1, [key], min=True, count=count)
         except ResponseError as exc:
             if "unknown command" not in str(exc).lower():
                 raise
@@ -310,7 +320,7 @@ async def pop_wakeups(layer, channel: str, timeout: float, count: int = 1) -> li
         else:
             return [] if result is None else [layer.deserialize(member)
                                               for member, _ in result[1]]
-    result = await connection.bzpopmin(key, timeout=timeout)
+    result = client.bzpopmin(key, timeout=timeout)
     return [] if result is None else [layer.deserialize(result[1])]
 
 
@@ -352,17 +362,22 @@ def _zadd_many_now(layer, channel: str, messages: list[dict]) -> None:
 _sync_clients_lock = threading.Lock()
 
 
-def _sync_client(layer, index: int):
+def _sync_client(layer, index: int, *, blocking: bool = False):
     """A synchronous redis-py client for host ``index`` of a channels-redis ``layer``.
 
     Built from the same host settings as channels-redis's own pools (an
-    ``address`` URL, Sentinel, or connection keywords), but with
-    :data:`INLINE_TIMEOUT` as its connect and read timeouts (the host's own,
-    if shorter) and no retries. One per layer and host, kept on the layer; redis-py's pool
+    ``address`` URL, Sentinel, or connection keywords), with one try per
+    command (a caller's wake-up goes to the sender thread on a failure, a
+    worker retries its pop after a pause). For a caller's wake-up, its
+    connect and read timeouts are :data:`INLINE_TIMEOUT` (the host's own,
+    if shorter); for a worker's pop (``blocking``) they are the longest
+    block, :data:`MAX_BLOCK`, plus :data:`BLOCK_MARGIN` (the host's own, if
+    longer), so that an idle worker's pop is never cut short by its own
+    socket. One of each per layer and host, kept on the layer; redis-py's pool
     is thread-safe and opens new connections after a fork.
     """
     clients = layer.__dict__.get("_sisy_sync_clients")
-    client = clients.get(index) if clients else None
+    client = clients.get((index, blocking)) if clients else None
     if client is not None:
         return client
     import redis
@@ -381,12 +396,20 @@ def _sync_client(layer, index: int):
         pool = redis.ConnectionPool(**host)
     for option in ("socket_timeout", "socket_connect_timeout"):
         given = pool.connection_kwargs.get(option)
-        pool.connection_kwargs[option] = min(given or INLINE_TIMEOUT, INLINE_TIMEOUT)
-    # One try: on a failure the sender thread takes over, with the layer's own retries.
+        pool.connection_kwargs[option] = (max(given or 0, MAX_BLOCK + BLOCK_MARGIN) if blocking
+                                          else min(given or INLINE_TIMEOUT, INLINE_TIMEOUT))
     pool.connection_kwargs["retry"] = Retry(NoBackoff(), 0)
     with _sync_clients_lock:
         clients = layer.__dict__.setdefault("_sisy_sync_clients", {})
-        return clients.setdefault(index, redis.Redis(connection_pool=pool))
+        return clients.setdefault((index, blocking), redis.Redis(connection_pool=pool))
+
+
+def close_sync_clients(layer) -> None:
+    """Close the connections of the clients :func:`_sync_client` made for ``layer``."""
+    with _sync_clients_lock:
+        clients = layer.__dict__.pop("_sisy_sync_clients", {})
+    for client in clients.values():
+        client.connection_pool.disconnect()
 
 
 sender = Sender()

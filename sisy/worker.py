@@ -86,8 +86,6 @@ BUSY_SECONDS = 5.0
 RECENT_RUNS = 10_000
 #: A message may ask a worker to wait at most this long (seconds) for its run's start.
 MAX_EARLY = 1.0
-#: The longest a worker blocks in one Redis pop (seconds; Redis 6+ takes fractions).
-MAX_BLOCK = 2.0
 
 
 def start_at(message: dict) -> float | None:
@@ -477,7 +475,7 @@ class Worker:
                 break  # caught up: runs queued from now on come with wake-ups of their own
         return done
 
-    # -- the loops: one per thread, each with its own event loop for receiving -------------
+    # -- the loops: one per thread, each with its own layer and Redis clients ---------------
     def _guarded(self, func, *args, **kwargs):
         """Run ``func``; a database outage or a bug is logged and waited out, never fatal."""
         try:
@@ -496,7 +494,8 @@ class Worker:
 
     def _consume_layer(self, channel: str) -> None:
         # Each thread gets its own layer instance: channels-redis keeps per-layer
-        # asyncio locks that must not be shared between event loops.
+        # asyncio locks that must not be shared between event loops, and the
+        # synchronous client of Sisy's pop is kept on the layer.
         layer = channel_layers.make_backend(self.layer_alias)
         loop = asyncio.new_event_loop()
         backoff = INITIAL_BACKOFF
@@ -514,8 +513,8 @@ class Worker:
                 try:
                     # As many wake-ups at once as runs this worker expects to finish
                     # within CLAIM_AHEAD: the others stay in Redis for other workers.
-                    messages = loop.run_until_complete(self._receive(
-                        layer, channel, next_poll - time.monotonic(), self.claim_limit()))
+                    messages = self._receive(layer, channel, next_poll - time.monotonic(),
+                                             self.claim_limit(), loop)
                 except TimeoutError:
                     continue
                 except Exception as exc:  # a bad message or a lost Redis must not kill us
@@ -540,17 +539,21 @@ class Worker:
             connection.close()
 
     @staticmethod
-    async def _receive(layer, channel: str, timeout: float, count: int = 1) -> list:
+    def _receive(layer, channel: str, timeout: float, count: int = 1,
+                 loop: asyncio.AbstractEventLoop | None = None) -> list:
         """Up to ``count`` messages on ``channel`` (at least one); ``TimeoutError`` after
-        ``timeout`` seconds without any."""
+        ``timeout`` seconds without any.
+
+        From channels-redis, Sisy's own pop (:func:`~sisy.dispatch.pop_wakeups`), in
+        this thread; from other layers, ``layer.receive`` on ``loop``.
+        """
         timeout = max(0.01, timeout)
         if dispatch._batchable(layer, channel):
-            # At most MAX_BLOCK per pop: well under any socket_timeout (sisy.W002).
-            messages = await dispatch.pop_wakeups(layer, channel, min(timeout, MAX_BLOCK), count)
+            messages = dispatch.pop_wakeups(layer, channel, timeout, count)
             if not messages:
                 raise TimeoutError
             return messages
-        return [await asyncio.wait_for(layer.receive(channel), timeout)]
+        return [loop.run_until_complete(asyncio.wait_for(layer.receive(channel), timeout))]
 
     def _ran_lately(self, message: object) -> bool:
         parsed = parse_message(message)
@@ -651,12 +654,13 @@ class Worker:
             logger.info("Worker %s stopped after %d runs", self.name, self.processed)
 
 
-def _close_loop(loop: asyncio.AbstractEventLoop, layer=None) -> None:
+def _close_loop(loop: asyncio.AbstractEventLoop, layer) -> None:
     pending = [task for task in asyncio.all_tasks(loop) if not task.done()]
     for task in pending:
         task.cancel()
     if pending:
         loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+    dispatch.close_sync_clients(layer)
     close = getattr(layer, "close_pools", None)
     if close is not None:
         try:

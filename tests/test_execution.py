@@ -88,6 +88,84 @@ def test_typed_arguments_arrive_as_their_types():
     assert run.wait(timeout=1) == ["datetime", "UUID", "Decimal", "1.50"]
 
 
+class _Int(int):
+    pass
+
+
+class _Str(str):
+    pass
+
+
+def _plain_signatures():
+    def scalars(a: int, b: str | None = None, c: float = 1.0, d: bool = False, e=None,
+                *rest, k: int = 3):
+        pass
+
+    def keyword_needed(a: int, *, k: int):
+        pass
+
+    def typed_later(a: int | float, b: bool | int | None = None,
+                    when: datetime.datetime | None = None):
+        pass
+
+    def nothing():
+        pass
+
+    return [scalars, keyword_needed, typed_later, nothing]
+
+
+_ANY_VALUES = [0, -5, 2 ** 70, 1.5, float("nan"), float("inf"), True, None, "", "5", "é",
+               [1], {"a": 1}, decimal.Decimal("1"), _Int(3), _Str("s")]
+
+
+def _outcome(func, *args):
+    try:
+        return repr(func(*args))  # repr: the types count too (1 is not True), and nan == nan
+    except InvalidArguments as exc:
+        return f"InvalidArguments: {exc}"
+
+
+@pytest.mark.django_db(databases=[])
+@pytest.mark.parametrize("func", _plain_signatures(), ids=lambda func: func.__name__)
+def test_plain_arguments_skip_pydantic_and_come_out_as_pydantic_gives_them(func):
+    """Positional str/int/float/bool/None values for parameters of their very types (or
+    none) are stored and passed on as they are; every call, good or garbage, gives the
+    same arguments (or the same error) as the path through pydantic, both ways."""
+    import itertools
+    import json
+
+    from sisy.arguments import ArgumentSpec
+
+    spec = ArgumentSpec(func, task_name="t")
+    plain = 0
+    for count in range(4):
+        for args in itertools.product(_ANY_VALUES, repeat=count):
+            dumped = _outcome(spec.dump, args, {})
+            assert dumped == _outcome(spec._dump_validated, args, {}), args
+            plain += spec._plain(args, {})
+            if not dumped.startswith("InvalidArguments"):
+                stored = json.loads(json.dumps(spec.dump(args, {})[0]))
+                assert _outcome(spec.load, stored, {}) == _outcome(
+                    spec._load_validated, stored, {}), args
+    # ints 0, -5, 2**70; the finite float 1.5; True; None; strs "", "5", "é"
+    assert plain == {"scalars": 3 + 3 * 4 + 3 * 4 * 1, "keyword_needed": 0,
+                     "typed_later": 4 + 4 * 5, "nothing": 1}[func.__name__]
+    assert _outcome(spec.dump, (1,), {"a": 1}) == _outcome(spec._dump_validated, (1,), {"a": 1})
+
+
+@pytest.mark.django_db(databases=[])
+def test_which_arguments_are_plain():
+    from sisy.arguments import ArgumentSpec
+
+    spec = ArgumentSpec(tasks.add.func, task_name="add")
+    assert [spec._plain(args, kwargs) for args, kwargs in [
+        ((2,), {}), ([2, 3], {}), ((2, 3, 4), {}), ((), {}), ((2,), {"b": 3}), (("2",), {}),
+        ((True,), {}), ((_Int(2),), {}), ((2.0,), {}), ("2", {}), ({"a": 2}, {}),
+    ]] == [True, True, False, False, False, False, False, False, False, False, False]
+    assert spec.dump((True, "3"), {}) == ([1, 3], {})  # through pydantic, converted
+    assert spec.load([2, 3], {}) == ((2, 3), {})
+
+
 def test_using_run_after_defers_the_run():
     before = timezone.now()
     run = tasks.add.using(run_after=timedelta(minutes=5)).delay(1)
@@ -952,10 +1030,12 @@ def test_a_caller_waits_at_most_the_inline_timeout_for_a_redis_that_fails_it(set
     assert second < 0.05  # paused: no attempt at all
 
 
-def test_the_callers_redis_client_is_built_like_channels_redis_pools_with_short_timeouts():
+def test_sisys_redis_clients_are_built_like_channels_redis_pools_with_their_own_timeouts():
     """An address URL, a host and port (channels-redis's tuple form), and Sentinel: the
-    same pools channels-redis builds, synchronous, waiting at most INLINE_TIMEOUT (or the
-    host's own timeout, if shorter); one client per layer and host. Nothing connects."""
+    same pools channels-redis builds, synchronous, one try per command. A caller's waits
+    at most INLINE_TIMEOUT (or the host's own timeout, if shorter); a worker's, for its
+    blocking pop, at least MAX_BLOCK + BLOCK_MARGIN (or the host's own, if longer). One
+    of each per layer and host. Nothing connects."""
     import redis
     from channels_redis.core import RedisChannelLayer
     from redis.sentinel import SentinelConnectionPool
@@ -978,6 +1058,18 @@ def test_the_callers_redis_client_is_built_like_channels_redis_pools_with_short_
         (dispatch.INLINE_TIMEOUT, dispatch.INLINE_TIMEOUT)] * 2 + [(0.05, dispatch.INLINE_TIMEOUT)]
     assert [k["retry"].get_retries() for k in kwargs] == [0, 0, 0]
     assert dispatch._sync_client(layer, 0) is clients[0]
+
+    blocking = [dispatch._sync_client(layer, index, blocking=True) for index in range(3)]
+    kwargs = [client.connection_pool.connection_kwargs for client in blocking]
+    longest = dispatch.MAX_BLOCK + dispatch.BLOCK_MARGIN
+    assert [(k["socket_timeout"], k["socket_connect_timeout"]) for k in kwargs] == [
+        (10.0, longest), (longest, longest), (longest, longest)]
+    assert [k["retry"].get_retries() for k in kwargs] == [0, 0, 0]
+    assert [(k.get("port"), k.get("db")) for k in kwargs[:2]] == [(6390, 3), (6391, None)]
+    assert dispatch._sync_client(layer, 2, blocking=True) is blocking[2]
+    assert not {id(client) for client in blocking} & {id(client) for client in clients}
+    dispatch.close_sync_clients(layer)
+    assert dispatch._sync_client(layer, 0) is not clients[0]
 
 
 def test_a_redis_host_that_cannot_be_built_leaves_the_wake_up_to_the_sender_thread(caplog):
@@ -1016,13 +1108,13 @@ def test_a_worker_pops_wake_ups_in_the_layers_order_up_to_its_count(settings, mo
         await layer.flush()
         for i in range(1, 7):
             await layer.send("sisy.pop", {"type": "sisy.run", "run": i, "name": "x"})
-        got = [await Worker._receive(layer, "sisy.pop", 1.0, count) for count in (1, 3, 5)]
+        got = [Worker._receive(layer, "sisy.pop", 1.0, count) for count in (1, 3, 5)]
         rest = []
         while sum(map(len, got)) + len(rest) < 6:
-            rest += await Worker._receive(layer, "sisy.pop", 1.0, 5)
+            rest += Worker._receive(layer, "sisy.pop", 1.0, 5)
         began = time.monotonic()
         with pytest.raises(TimeoutError):
-            await Worker._receive(layer, "sisy.pop", 0.2, 5)
+            Worker._receive(layer, "sisy.pop", 0.2, 5)
         waited = time.monotonic() - began
         # Nothing was left behind: no backup copies, no other keys.
         keys = await layer.connection(0).keys("sisy-pop-test*")
@@ -1071,7 +1163,7 @@ def test_with_several_redis_hosts_a_channels_wake_ups_are_written_and_popped_on_
             sender.send(layer, ((run.channel, run_message(run)) for run in runs))
             for channel in channels:
                 try:
-                    messages = await Worker._receive(layer, channel, 0.5, 5)
+                    messages = Worker._receive(layer, channel, 0.5, 5)
                 except TimeoutError:
                     messages = []
                 popped.setdefault(channel, []).extend(m["run"] for m in messages)
@@ -1090,6 +1182,7 @@ def test_a_redis_without_bzmpop_is_remembered_and_the_worker_pops_one_at_a_time(
     for good; any other error reaches the caller."""
     import asyncio
 
+    import redis
     from redis.exceptions import ResponseError
 
     from sisy import dispatch
@@ -1099,20 +1192,20 @@ def test_a_redis_without_bzmpop_is_remembered_and_the_worker_pops_one_at_a_time(
     errors = iter(["ERR unknown command 'BZMPOP', with args beginning with: ",
                    "WRONGTYPE Operation against a key holding the wrong kind of value"])
 
-    async def refusing_bzmpop(self, *args, **kwargs):
+    def refusing_bzmpop(self, *args, **kwargs):
         raise ResponseError(next(errors))
 
     async def scenario():
-        monkeypatch.setattr(type(layer.connection(0)), "bzmpop", refusing_bzmpop)
+        monkeypatch.setattr(redis.Redis, "bzmpop", refusing_bzmpop)
         await layer.flush()
         for i in (1, 2):
             await layer.send("sisy.pop6", {"type": "sisy.run", "run": i, "name": "x"})
-        first = await dispatch.pop_wakeups(layer, "sisy.pop6", 1.0, 5)
+        first = dispatch.pop_wakeups(layer, "sisy.pop6", 1.0, 5)
         remembered = dispatch._bzmpop
-        second = await dispatch.pop_wakeups(layer, "sisy.pop6", 1.0, 5)  # no BZMPOP asked
+        second = dispatch.pop_wakeups(layer, "sisy.pop6", 1.0, 5)  # no BZMPOP asked
         dispatch._bzmpop = True
         with pytest.raises(ResponseError, match="WRONGTYPE"):
-            await dispatch.pop_wakeups(layer, "sisy.pop6", 1.0, 5)
+            dispatch.pop_wakeups(layer, "sisy.pop6", 1.0, 5)
         await layer.flush()
         return first, remembered, second
 

@@ -40,8 +40,8 @@ def install(path: str) -> None:
 
     pop_wakeups = dispatch.pop_wakeups
 
-    async def traced_pop(*args, **kwargs):
-        messages = await pop_wakeups(*args, **kwargs)
+    def traced_pop(*args, **kwargs):
+        messages = pop_wakeups(*args, **kwargs)
         now = time.time()
         lines.extend(f"{message.get('run')} pop {now:.6f}\n" for message in messages)
         return messages
