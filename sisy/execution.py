@@ -129,7 +129,7 @@ def _claim_sql(where: str, params: list, worker: str, now: datetime,
                f"SET running = true WHERE id IN (SELECT task_id FROM claimed) "
                f"RETURNING id, name) SELECT claimed.*, started.name FROM claimed "
                f"LEFT JOIN started ON started.id = claimed.task_id")
-    with fast_cursor(conn) as cursor:
+    with fast_cursor(conn, timestamps=True) as cursor:
         cursor.execute(sql, [Status.RUNNING, now, worker, *params])
         rows = cursor.fetchall()
     if not start_tasks:

@@ -211,6 +211,45 @@ def test_a_run_is_claimed_once():
     assert claim(run.pk, "w2", name=run.task_name) is None
 
 
+@pytest.mark.postgres
+def test_a_claimed_run_reads_its_timestamps_as_the_orm_does_with_psycopgs_own_loader(settings):
+    """A claim reads its rows' timestamptz values with psycopg's own loader (C, with
+    psycopg-binary), not Django's pure-Python subclass, where that gives the same
+    values and the very same tzinfo: with USE_TZ = True. Otherwise Django's."""
+    import psycopg
+    from psycopg.pq import Format
+
+    from sisy.connections import _TIMESTAMPTZ, _timestamp_loader
+
+    connection.ensure_connection()
+    own = psycopg.adapters.get_loader(_TIMESTAMPTZ, Format.TEXT)
+    assert own.__module__ == "psycopg_binary._psycopg"  # the C loader, installed by the tests
+    assert _timestamp_loader(connection, connection.connection) is own
+    run = tasks.add.using(run_after=timezone.now() - timedelta(minutes=1)).delay(1)
+    claimed = claim(run.pk, "w1", name=run.task_name)
+    loaded = Run.objects.get(pk=run.pk)
+    fields = [field.attname for field in Run._meta.concrete_fields
+              if field.get_internal_type() == "DateTimeField"]
+    assert fields == ["scheduled_for", "not_before", "enqueued_at", "sent_at", "started_at",
+                      "finished_at"]
+    assert [getattr(claimed, name) for name in fields] == [getattr(loaded, name) for name in fields]
+    assert {type(getattr(claimed, name).tzinfo) for name in fields[:5]} == {datetime.timezone}
+    assert all(getattr(claimed, name).tzinfo is getattr(loaded, name).tzinfo
+               for name in fields[:5])
+    assert claimed.finished_at is None
+
+    settings.USE_TZ = False  # Django reads naive values: a new connection keeps its loader
+    from django.db import connections
+
+    naive = connections.create_connection("default")
+    try:
+        naive.ensure_connection()
+        assert naive.timezone is None
+        assert _timestamp_loader(naive, naive.connection) is None
+    finally:
+        naive.close()
+
+
 def test_claim_refuses_a_message_whose_name_does_not_match():
     run = tasks.add.delay(1)
     assert claim(run.pk, "w", name="os.system") is None
