@@ -82,8 +82,7 @@ def _timestamp_loader(conn, raw):
     django_loader = raw.adapters.get_loader(_TIMESTAMPTZ, Format.TEXT)
     own = psycopg.adapters.get_loader(_TIMESTAMPTZ, Format.TEXT)
     zone = getattr(django_loader, "timezone", None)
-    usable = (own is not None and django_loader is not None and zone is not None
-              and not issubclass(django_loader, own)
+    usable = (zone is not None and not issubclass(django_loader, own)
               and zone is conn.timezone and zone is raw.info.timezone)
     conn.__dict__["_sisy_timestamp_loader"] = (raw, own if usable else None)
     return own if usable else None
@@ -118,13 +117,12 @@ def fast_cursor(conn, *, single_statement: bool = True, preparable: bool = False
     conn.validate_no_broken_transaction()
     with conn.wrap_database_errors:
         raw = conn.connection
-        server_side = (single_statement and psycopg is not None
-                       and isinstance(raw, psycopg.Connection))
-        if server_side:
+        psycopg3 = psycopg is not None and isinstance(raw, psycopg.Connection)
+        if single_statement and psycopg3:
             cursor = psycopg.Cursor(raw) if preparable else _Replanned(raw)
         else:
             cursor = raw.cursor()
-        if timestamps and psycopg is not None and isinstance(raw, psycopg.Connection):
+        if timestamps and psycopg3:
             loader = _timestamp_loader(conn, raw)
             if loader is not None:
                 cursor.adapters.register_loader(_TIMESTAMPTZ, loader)
