@@ -7,12 +7,12 @@ workers poll the table and the scheduler sends stale wake-ups again.
 
 A lone wake-up to channels-redis is sent by the calling thread itself, with
 one pipelined round trip of a synchronous Redis client; a stream of them
-(``.delay()`` in a loop) goes through one long-lived event loop per process
+(``.delay()`` in a loop) goes to one background thread per process
 (:class:`Sender`), which sends them in batches, so that ``.delay()`` in a
-loop does not pay for a round trip, a new loop or a new Redis connection
-per call. With the in-memory layer, which only reaches
-the same process and is not thread-safe, wake-ups go to in-process workers
-through :data:`local_wakeup` instead.
+loop does not pay for a round trip or a new Redis connection per call. With
+the in-memory layer, which only reaches the same process and is not
+thread-safe, wake-ups go to in-process workers through :data:`local_wakeup`
+instead.
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ local_wakeup = LocalWakeup()
 
 class Sender:
     """Sends wake-ups: a lone one from the calling thread, streams in batches from a
-    background thread with one event loop.
+    background thread.
 
     A wake-up that comes alone -- nothing waiting, nothing sent in the last
     :data:`LINGER` seconds -- to channels-redis is sent at once by the
@@ -120,8 +120,11 @@ class Sender:
     thread takes everything waiting, groups it by channel, and sends each
     group at once. For channels-redis that is one ``ZADD`` of many members
     (the layer's own serialisation and key layout, one round trip per batch
-    instead of four per message); other layers get ``layer.send`` per
-    message.
+    instead of four per message), sent with a synchronous client: the
+    thread's CPU per wake-up in a ``.delay()`` loop was a third lower than
+    through the layer's asyncio connections. Other layers, and
+    process-specific ``!`` channels, get ``layer.send`` per message on an
+    event loop the thread makes when it first needs one.
     """
 
     def __init__(self):
@@ -180,7 +183,7 @@ class Sender:
             self._last_sent = now
         try:
             for channel, group in _by_channel(messages).items():
-                _zadd_many_now(layer, channel, group)
+                _zadd_many(layer, channel, group, inline=True)
         except Exception as exc:
             with self._condition:
                 self._inline_paused_until = time.monotonic() + INLINE_PAUSE
@@ -195,7 +198,7 @@ class Sender:
                     or now < self._inline_paused_until)
 
     def _loop(self) -> None:
-        loop = asyncio.new_event_loop()
+        loop = None
         while True:
             with self._condition:
                 self._condition.wait_for(lambda: self._waiting)
@@ -208,29 +211,27 @@ class Sender:
                 batch, self._waiting, self._busy = self._waiting, [], True
                 self._last_sent = time.monotonic()
             try:
-                loop.run_until_complete(self._send_batch(batch))
+                for (layer, channel), messages in _grouped(batch):
+                    if _batchable(layer, channel):
+                        self._send_group(_zadd_many, layer, channel, messages)
+                    else:
+                        loop = loop or asyncio.new_event_loop()
+                        self._send_group(functools.partial(_send_each, loop), layer, channel,
+                                         messages)
             except Exception as exc:  # never let the sender thread die
                 self._warn(exc)
             with self._condition:
                 self._busy = False
                 self._condition.notify_all()
 
-    async def _send_batch(self, batch) -> None:
-        groups: dict[tuple[int, str], tuple[object, list[dict]]] = {}
-        for layer, channel, message in batch:
-            groups.setdefault((id(layer), channel), (layer, []))[1].append(message)
-        for (_, channel), (layer, messages) in groups.items():
-            try:
-                if _batchable(layer, channel):
-                    await _zadd_many(layer, channel, messages)
-                else:
-                    for message in messages:
-                        await layer.send(channel, message)
-            except ChannelFull:
-                # Workers are busy and already have plenty of wake-ups; they poll the table.
-                logger.debug("Channel %s is full; runs stay queued for polling workers.", channel)
-            except Exception as exc:
-                self._warn(exc)
+    def _send_group(self, send, layer, channel: str, messages: list[dict]) -> None:
+        try:
+            send(layer, channel, messages)
+        except ChannelFull:
+            # Workers are busy and already have plenty of wake-ups; they poll the table.
+            logger.debug("Channel %s is full; runs stay queued for polling workers.", channel)
+        except Exception as exc:
+            self._warn(exc)
 
     def _warn(self, exc: BaseException) -> None:
         now = time.monotonic()
@@ -255,6 +256,23 @@ def _by_channel(messages: list[tuple[str, dict]]) -> dict[str, list[dict]]:
     for channel, message in messages:
         groups.setdefault(channel, []).append(message)
     return groups
+
+
+def _grouped(batch: list[tuple[object, str, dict]]) -> list[tuple[tuple[object, str], list[dict]]]:
+    """The sender thread's waiting messages grouped by layer and channel, in order."""
+    groups: dict[tuple[int, str], tuple[tuple[object, str], list[dict]]] = {}
+    for layer, channel, message in batch:
+        groups.setdefault((id(layer), channel), ((layer, channel), []))[1].append(message)
+    return list(groups.values())
+
+
+def _send_each(loop, layer, channel: str, messages: list[dict]) -> None:
+    """Send ``messages`` one by one through ``layer.send`` (a layer Sisy cannot batch for)."""
+    async def send_all():
+        for message in messages:
+            await layer.send(channel, message)
+
+    loop.run_until_complete(send_all())
 
 
 def _batchable(layer, channel: str) -> bool:
@@ -345,16 +363,12 @@ def _queue_zadd(pipe, layer, channel: str, messages: list[dict]) -> None:
     pipe.expire(key, int(layer.expiry))
 
 
-async def _zadd_many(layer, channel: str, messages: list[dict]) -> None:
-    """Add many messages to a channels-redis channel in one pipelined round trip."""
-    async with _shard(layer, channel).pipeline(transaction=False) as pipe:
-        _queue_zadd(pipe, layer, channel, messages)
-        await pipe.execute()
-
-
-def _zadd_many_now(layer, channel: str, messages: list[dict]) -> None:
-    """:func:`_zadd_many` from sync code, with this thread's synchronous client."""
-    with _sync_client(layer, layer.consistent_hash(channel)).pipeline(transaction=False) as pipe:
+def _zadd_many(layer, channel: str, messages: list[dict], *, inline: bool = False) -> None:
+    """Add many messages to a channels-redis channel in one pipelined round trip, with a
+    synchronous client (:func:`_sync_client`): the caller's short-timeout one
+    (``inline``), or else the one with the long timeouts a worker's pop has."""
+    client = _sync_client(layer, layer.consistent_hash(channel), blocking=not inline)
+    with client.pipeline(transaction=False) as pipe:
         _queue_zadd(pipe, layer, channel, messages)
         pipe.execute()
 
@@ -367,10 +381,11 @@ def _sync_client(layer, index: int, *, blocking: bool = False):
 
     Built from the same host settings as channels-redis's own pools (an
     ``address`` URL, Sentinel, or connection keywords), with one try per
-    command (a caller's wake-up goes to the sender thread on a failure, a
-    worker retries its pop after a pause). For a caller's wake-up, its
-    connect and read timeouts are :data:`INLINE_TIMEOUT` (the host's own,
-    if shorter); for a worker's pop (``blocking``) they are the longest
+    command (a caller's wake-up goes to the sender thread on a failure, the
+    thread logs its own, a worker retries its pop after a pause). For a
+    caller's wake-up, its connect and read timeouts are
+    :data:`INLINE_TIMEOUT` (the host's own, if shorter); for a worker's pop
+    and the sender thread's batches (``blocking``) they are the longest
     block, :data:`MAX_BLOCK`, plus :data:`BLOCK_MARGIN` (the host's own, if
     longer), so that an idle worker's pop is never cut short by its own
     socket. One of each per layer and host, kept on the layer; redis-py's pool

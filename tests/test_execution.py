@@ -992,6 +992,14 @@ def test_a_lone_wake_up_is_sent_by_the_caller_and_a_stream_by_the_sender_thread(
     assert not dispatch._batchable(layer, "sisy.inline!abc")
     assert sender.send_inline(layer, [("sisy.inline!abc", message)]) is False
     assert sender.send_inline(layer, []) is False
+    # The thread sends Sisy's channels with its synchronous client and a '!' channel
+    # through the layer's own send, on an event loop of its own.
+    own = asyncio.run(layer.new_channel("sisy.inline"))
+    sender.send(layer, [(own, {**message, "run": 3}), ("sisy.inline", {**message, "run": 4})])
+    assert sender.flush(timeout=5)
+    assert [m["run"] for m in _receive_all(layer, own)] == [3]
+    assert sorted(m["run"] for m in _receive_all(layer, "sisy.inline")) == [1, 2, 4]
+    assert (0, True) in layer.__dict__["_sisy_sync_clients"]
 
 
 @pytest.mark.redis

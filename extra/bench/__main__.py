@@ -166,6 +166,8 @@ def build_table(results: dict, keys: list[str], sizes: list[int]) -> str:
         ("W1 CPU µs per run, machine ↓", "cpu", 0),
         ("W1 … of it PostgreSQL ↓", "cpu_db", 0),
         ("W1 … of it Redis ↓", "cpu_redis", 0),
+        ("W1 … of it the producer ↓", "cpu_producer", 0),
+        ("W1 … of it the worker ↓", "cpu_worker", 0),
         ("W2 enqueue→start p50 ms ↓", "p50", 1),
         ("W2 enqueue→start p95 ms ↓", "p95", 1),
         ("W3 idle worker RSS MiB ↓", "rss", 0),

@@ -81,6 +81,21 @@ def manage(*args, mode="pg", **extra) -> subprocess.Popen:
                             cwd=ROOT)
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants (those alive now)."""
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            for task in os.listdir(f"/proc/{current}/task"):
+                with open(f"/proc/{current}/task/{task}/children") as children:
+                    todo.extend(int(child) for child in children.read().split())
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        tree.append(current)
+    return tree
+
+
 def rss_mib(pid: int) -> float:
     with open(f"/proc/{pid}/status") as status:
         for line in status:

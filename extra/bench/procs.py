@@ -19,14 +19,10 @@ from extra.bench import common
 
 def rss_tree_mib(pid: int) -> float:
     """Resident memory of a process and all its descendants, in MiB."""
-    total, todo = 0.0, [pid]
-    while todo:
-        current = todo.pop()
+    total = 0.0
+    for current in common.process_tree(pid):
         try:
             total += common.rss_mib(current)
-            for task in os.listdir(f"/proc/{current}/task"):
-                with open(f"/proc/{current}/task/{task}/children") as children:
-                    todo.extend(int(child) for child in children.read().split())
         except (FileNotFoundError, ProcessLookupError):
             continue
     return total
@@ -56,6 +52,9 @@ class Processes:
                 tail = log.read_text(errors="replace")[-3000:]
                 raise RuntimeError(f"{self.label}: {process.args} exited with {process.returncode}"
                                    f":\n{tail}")
+
+    def pids(self) -> list[int]:
+        return [process.pid for process, _ in self.running]
 
     def rss_mib(self) -> float:
         return sum(rss_tree_mib(process.pid) for process, _ in self.running)

@@ -63,13 +63,13 @@ def throughput(system, processes: Processes, count: int) -> tuple[float, float, 
 
     End to end is from the first enqueue to the last body start, or to the last
     durable finish where the system records one (Sisy's ``Run.finished_at``).
-    CPU is µs per run of the whole machine and of its database and Redis
-    servers, from the first enqueue until the harness has seen every run done
-    (see ``cpu.py``).
+    CPU is µs per run of the whole machine, of its database and Redis
+    servers, of the producer and of the workers, from the first enqueue until
+    the harness has seen every run done (see ``cpu.py``).
     """
     system.before_batch()
     marks.reset()
-    meter = CpuMeter()
+    meter = CpuMeter(processes.pids())
     meter.start()
     began = time.time()
     for i in range(count):
