@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterable
 
 from extra.bench import common
 
@@ -64,7 +65,7 @@ class CpuMeter:
     ``workers`` are the pids of the worker processes (each with its tree).
     """
 
-    def __init__(self, workers: list[int] = ()):
+    def __init__(self, workers: Iterable[int] = ()):
         self._workers = list(workers)
 
     def _read(self) -> tuple[float, dict[str, float], float, float]:
