@@ -182,7 +182,7 @@ class Sender:
                 return False
             self._last_sent = now
         try:
-            for channel, group in _by_channel(messages).items():
+            for (_, channel), group in _grouped((layer, c, m) for c, m in messages):
                 _zadd_many(layer, channel, group, inline=True)
         except Exception as exc:
             with self._condition:
@@ -210,28 +210,22 @@ class Sender:
                     self._condition.wait_for(lambda: len(self._waiting) >= LINGER_BATCH, linger)
                 batch, self._waiting, self._busy = self._waiting, [], True
                 self._last_sent = time.monotonic()
-            try:
-                for (layer, channel), messages in _grouped(batch):
+            for (layer, channel), messages in _grouped(batch):
+                try:
                     if _batchable(layer, channel):
-                        self._send_group(_zadd_many, layer, channel, messages)
+                        _zadd_many(layer, channel, messages)
                     else:
                         loop = loop or asyncio.new_event_loop()
-                        self._send_group(functools.partial(_send_each, loop), layer, channel,
-                                         messages)
-            except Exception as exc:  # never let the sender thread die
-                self._warn(exc)
+                        loop.run_until_complete(_send_each(layer, channel, messages))
+                except ChannelFull:
+                    # Workers are busy and already have plenty of wake-ups; they poll the table.
+                    logger.debug("Channel %s is full; runs stay queued for polling workers.",
+                                 channel)
+                except Exception as exc:  # never let the sender thread die
+                    self._warn(exc)
             with self._condition:
                 self._busy = False
                 self._condition.notify_all()
-
-    def _send_group(self, send, layer, channel: str, messages: list[dict]) -> None:
-        try:
-            send(layer, channel, messages)
-        except ChannelFull:
-            # Workers are busy and already have plenty of wake-ups; they poll the table.
-            logger.debug("Channel %s is full; runs stay queued for polling workers.", channel)
-        except Exception as exc:
-            self._warn(exc)
 
     def _warn(self, exc: BaseException) -> None:
         now = time.monotonic()
@@ -251,28 +245,19 @@ class Sender:
                 lambda: not self._waiting and not self._busy, timeout=timeout)
 
 
-def _by_channel(messages: list[tuple[str, dict]]) -> dict[str, list[dict]]:
-    groups: dict[str, list[dict]] = {}
-    for channel, message in messages:
-        groups.setdefault(channel, []).append(message)
-    return groups
-
-
-def _grouped(batch: list[tuple[object, str, dict]]) -> list[tuple[tuple[object, str], list[dict]]]:
-    """The sender thread's waiting messages grouped by layer and channel, in order."""
-    groups: dict[tuple[int, str], tuple[tuple[object, str], list[dict]]] = {}
+def _grouped(batch: Iterable[tuple[object, str, dict]]) -> list[tuple[tuple, list[dict]]]:
+    """``(layer, channel, message)`` triples as ``((layer, channel), messages)`` pairs,
+    in order."""
+    groups: dict[tuple[int, str], tuple[tuple, list[dict]]] = {}
     for layer, channel, message in batch:
         groups.setdefault((id(layer), channel), ((layer, channel), []))[1].append(message)
     return list(groups.values())
 
 
-def _send_each(loop, layer, channel: str, messages: list[dict]) -> None:
+async def _send_each(layer, channel: str, messages: list[dict]) -> None:
     """Send ``messages`` one by one through ``layer.send`` (a layer Sisy cannot batch for)."""
-    async def send_all():
-        for message in messages:
-            await layer.send(channel, message)
-
-    loop.run_until_complete(send_all())
+    for message in messages:
+        await layer.send(channel, message)
 
 
 def _batchable(layer, channel: str) -> bool:
@@ -286,8 +271,9 @@ def _batchable(layer, channel: str) -> bool:
                                                 "serialize", "deserialize", "connection")))
 
 
-def _shard(layer, channel: str):
-    """The Redis connection that holds ``channel``'s wake-ups.
+def _shard(layer, channel: str, *, blocking: bool):
+    """The synchronous client (:func:`_sync_client`) of the Redis host that holds
+    ``channel``'s wake-ups.
 
     With several ``hosts``, channels-redis writes an ordinary channel's
     messages to each host in turn, and its receivers block on one host after
@@ -295,7 +281,7 @@ def _shard(layer, channel: str):
     channels-redis does for a process's own channels), so that a worker
     blocked there gets its wake-ups at once.
     """
-    return layer.connection(layer.consistent_hash(channel))
+    return _sync_client(layer, layer.consistent_hash(channel), blocking=blocking)
 
 
 #: Whether the Redis server answers ``BZMPOP`` (Redis 7+); False after it refused once.
@@ -326,7 +312,7 @@ def pop_wakeups(layer, channel: str, timeout: float, count: int = 1) -> list:
     lone run start 0.1-0.15 ms later.
     """
     global _bzmpop
-    client = _sync_client(layer, layer.consistent_hash(channel), blocking=True)
+    client = _shard(layer, channel, blocking=True)
     key, timeout = layer.prefix + channel, min(max(0.01, timeout), MAX_BLOCK)
     if count > 1 and _bzmpop:
         try:
@@ -367,8 +353,7 @@ def _zadd_many(layer, channel: str, messages: list[dict], *, inline: bool = Fals
     """Add many messages to a channels-redis channel in one pipelined round trip, with a
     synchronous client (:func:`_sync_client`): the caller's short-timeout one
     (``inline``), or else the one with the long timeouts a worker's pop has."""
-    client = _sync_client(layer, layer.consistent_hash(channel), blocking=not inline)
-    with client.pipeline(transaction=False) as pipe:
+    with _shard(layer, channel, blocking=not inline).pipeline(transaction=False) as pipe:
         _queue_zadd(pipe, layer, channel, messages)
         pipe.execute()
 

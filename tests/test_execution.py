@@ -1080,8 +1080,9 @@ def test_a_caller_waits_at_most_the_inline_timeout_for_a_redis_that_fails_it(set
 def test_sisys_redis_clients_are_built_like_channels_redis_pools_with_their_own_timeouts():
     """An address URL, a host and port (channels-redis's tuple form), and Sentinel: the
     same pools channels-redis builds, synchronous, one try per command. A caller's waits
-    at most INLINE_TIMEOUT (or the host's own timeout, if shorter); a worker's, for its
-    blocking pop, at least MAX_BLOCK + BLOCK_MARGIN (or the host's own, if longer). One
+    at most INLINE_TIMEOUT (or the host's own timeout, if shorter); a worker's blocking
+    pop's and the sender thread's, at least MAX_BLOCK + BLOCK_MARGIN (or the host's own,
+    if longer). One
     of each per layer and host. Nothing connects."""
     import redis
     from channels_redis.core import RedisChannelLayer
